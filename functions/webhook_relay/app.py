@@ -1,0 +1,114 @@
+"""Wiring: settings at start-up, clients on first use, one pipeline per instance."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from typing import Generic, TypeVar
+
+import flask
+import google.auth
+from google.auth.exceptions import DefaultCredentialsError
+from google.cloud import firestore
+
+from . import logs
+from .claim import FirestoreClaims
+from .config import Settings, load_settings
+from .deadline import Deadline
+from .errors import ConfigError
+from .http import handle
+from .jwks import KeySet
+from .publish import PubSubPublisher, new_client
+from .relay import Outcome, Relay
+from .verify import Delivery, Verifier
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+class Lazy(Generic[T]):
+    """Made on first use, then shared by every request of this instance (and thread-safe)."""
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._value: T | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> T:
+        value = self._value
+        if value is None:
+            with self._lock:
+                if self._value is None:
+                    self._value = self._make()
+                value = self._value
+        return value
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, project: str) -> None:
+        self.max_body_bytes = settings.max_body_bytes
+        self.project: str | None = project
+        key_set = KeySet(settings.jwks_url) if settings.jwks_url else None
+        self._verifier = Verifier(settings, key_set)
+        claims = FirestoreClaims(
+            Lazy(lambda: firestore.Client(project=project)),
+            settings.dedup_collection,
+            settings.claim_lease_seconds,
+            settings.dedup_ttl_hours,
+        )
+        self._relay = Relay(claims, PubSubPublisher(Lazy(new_client), project), settings.routes)
+
+    def verify(self, delivery: Delivery) -> str:
+        return self._verifier.verify(delivery)
+
+    def deliver(self, delivery: Delivery, scheme: str, deadline: Deadline) -> Outcome:
+        return self._relay.deliver(delivery, scheme, deadline)
+
+
+def resolve_project(settings: Settings, env: Mapping[str, str]) -> str:
+    if settings.project:
+        return settings.project
+    if env.get("FIRESTORE_EMULATOR_HOST") or env.get("PUBSUB_EMULATOR_HOST"):
+        raise ConfigError("GOOGLE_CLOUD_PROJECT", "must be set when using the emulators")
+    try:
+        _, project = google.auth.default()
+    except DefaultCredentialsError:
+        project = None
+    if not project:
+        raise ConfigError("GOOGLE_CLOUD_PROJECT", "not set, and no project in the environment")
+    return str(project)
+
+
+def start(env: Mapping[str, str] | None = None) -> Callable[[flask.Request], flask.Response]:
+    """Load and check the configuration; exit with one log line naming the variable if bad."""
+    env = os.environ if env is None else env
+    logs.configure()
+    try:
+        settings = load_settings(env)
+        pipeline = Pipeline(settings, resolve_project(settings, env))
+    except ConfigError as error:
+        logs.emit("CRITICAL", f"bad configuration: {error}", variable=error.variable)
+        raise SystemExit(1) from None
+    for warning in settings.warnings:
+        logs.emit("WARNING", warning)
+    logs.emit(
+        "INFO",
+        "webhook relay ready",
+        topics=settings.routes.topics(),
+        schemes=_schemes(settings),
+        project=pipeline.project,
+    )
+    return lambda request: handle(request, pipeline)
+
+
+def _schemes(settings: Settings) -> list[str]:
+    schemes = []
+    if settings.secrets.current():
+        schemes.append("hmac")
+    if settings.public_keys:
+        schemes.append("ed25519")
+    if settings.jwks_url and settings.jwt_audiences:
+        schemes.append("jwt")
+    return schemes

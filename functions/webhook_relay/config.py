@@ -1,0 +1,258 @@
+"""Settings from the environment, validated once at start-up.
+
+Every problem is a `ConfigError` naming its variable, so a bad deployment fails on its first
+log line instead of answering each request with an error.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from .errors import ConfigError
+from .routing import DEFAULT_TOPIC_PREFIX, Routes, parse_routes
+
+DEFAULT_JWKS_URL = "https://generativelanguage.googleapis.com/.well-known/jwks.json"
+
+# Every variable the function reads; infra/ may set only these (tests/test_infra.py checks).
+ENVIRONMENT = (
+    "WEBHOOK_SIGNING_SECRETS",
+    "WEBHOOK_SIGNING_SECRET",
+    "WEBHOOK_SIGNING_SECRETS_FILE",
+    "WEBHOOK_PUBLIC_KEYS",
+    "GEMINI_JWKS_URL",
+    "GEMINI_JWT_AUDIENCE",
+    "GEMINI_JWT_ISSUERS",
+    "WEBHOOK_TOLERANCE_SECONDS",
+    "WEBHOOK_MAX_BODY_BYTES",
+    "GOOGLE_CLOUD_PROJECT",
+    "RELAY_TOPIC_PREFIX",
+    "RELAY_ROUTES",
+    "RELAY_DEDUP_COLLECTION",
+    "RELAY_DEDUP_TTL_HOURS",
+    "RELAY_CLAIM_LEASE_SECONDS",
+    "FIRESTORE_EMULATOR_HOST",
+    "PUBSUB_EMULATOR_HOST",
+)
+
+log = logging.getLogger(__name__)
+_SEPARATORS = re.compile(r"[\s,]+")
+# Within this long after a change, a rotated secrets file is in use (the contract allows 10 s).
+SECRETS_FILE_CHECK_SECONDS = 1.0
+
+
+def parse_secrets(raw: str, variable: str) -> tuple[bytes, ...]:
+    """`whsec_<base64>` entries (the prefix is optional, as in Standard Webhooks libraries)."""
+    keys = []
+    for position, token in enumerate(_tokens(raw), start=1):
+        encoded = token.removeprefix("whsec_")
+        try:
+            key = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if not key:
+            # Never echo the value: it is a secret.
+            raise ConfigError(variable, f"entry {position} is not whsec_ followed by base64")
+        keys.append(key)
+    return tuple(keys)
+
+
+def parse_public_keys(raw: str) -> tuple[Ed25519PublicKey, ...]:
+    keys = []
+    for position, token in enumerate(_tokens(raw), start=1):
+        try:
+            raw_key = base64.b64decode(token.removeprefix("whpk_"), validate=True)
+            keys.append(Ed25519PublicKey.from_public_bytes(raw_key))
+        except (binascii.Error, ValueError):
+            raise ConfigError(
+                "WEBHOOK_PUBLIC_KEYS",
+                f"entry {position} is not whpk_ followed by a base64 ed25519 public key",
+            ) from None
+    return tuple(keys)
+
+
+def _tokens(raw: str) -> list[str]:
+    return [token for token in _SEPARATORS.split(raw) if token]
+
+
+def _csv(raw: str | None) -> tuple[str, ...]:
+    return tuple(part.strip() for part in (raw or "").split(",") if part.strip())
+
+
+class SigningSecrets:
+    """Static secrets plus a file that a Secret Manager volume rewrites on rotation.
+
+    The file is checked at most once per `check_every` seconds (a stat); a file that turns
+    unreadable or unparseable keeps the previous secrets, so a bad rotation degrades to the
+    old secrets instead of refusing every delivery.
+    """
+
+    def __init__(
+        self,
+        static: tuple[bytes, ...],
+        path: Path | None,
+        check_every: float = SECRETS_FILE_CHECK_SECONDS,
+    ) -> None:
+        self._static = static
+        self._path = path
+        self._check_every = check_every
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int, int] | None = None
+        self._next_check = 0.0
+        self._from_file: tuple[bytes, ...] = ()
+        self.last_error: str | None = None
+        if path is not None:
+            self._load(strict=True)
+
+    def current(self) -> tuple[bytes, ...]:
+        if self._path is not None and time.monotonic() >= self._next_check:
+            with self._lock:
+                if time.monotonic() >= self._next_check:
+                    self._load(strict=False)
+        return self._static + self._from_file
+
+    def _load(self, strict: bool) -> None:
+        if self._path is None:
+            return
+        self._next_check = time.monotonic() + self._check_every
+        variable = "WEBHOOK_SIGNING_SECRETS_FILE"
+        try:
+            stat = self._path.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+            if stamp == self._stamp:
+                return
+            secrets = parse_secrets(self._path.read_text(encoding="utf-8"), variable)
+        except (OSError, UnicodeDecodeError, ConfigError) as exc:
+            error = exc if isinstance(exc, ConfigError) else ConfigError(variable, _unreadable(exc))
+            if strict:
+                raise error from None
+            if self.last_error != str(error):
+                log.error("keeping the previous signing secrets: %s", error)
+            self.last_error = str(error)
+            return
+        self._stamp, self._from_file, self.last_error = stamp, secrets, None
+
+
+def _unreadable(exc: OSError | UnicodeDecodeError) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
+    return f"cannot read the file ({exc.strerror or type(exc).__name__})"
+
+
+@dataclass(frozen=True)
+class Settings:
+    secrets: SigningSecrets
+    public_keys: tuple[Ed25519PublicKey, ...]
+    jwks_url: str | None
+    jwt_audiences: tuple[str, ...]  # empty: JWT deliveries are refused; ("*",): any audience
+    jwt_issuers: tuple[str, ...]
+    tolerance_seconds: int
+    max_body_bytes: int
+    project: str | None
+    topic_prefix: str
+    routes: Routes
+    dedup_collection: str
+    dedup_ttl_hours: int
+    claim_lease_seconds: int
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def any_audience(self) -> bool:
+        return "*" in self.jwt_audiences
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    static = parse_secrets(env.get("WEBHOOK_SIGNING_SECRETS", ""), "WEBHOOK_SIGNING_SECRETS")
+    static += parse_secrets(env.get("WEBHOOK_SIGNING_SECRET", ""), "WEBHOOK_SIGNING_SECRET")
+    secrets_file = env.get("WEBHOOK_SIGNING_SECRETS_FILE", "").strip()
+    secrets = SigningSecrets(static, Path(secrets_file) if secrets_file else None)
+    public_keys = parse_public_keys(env.get("WEBHOOK_PUBLIC_KEYS", ""))
+
+    jwks_url = _jwks_url(env.get("GEMINI_JWKS_URL", DEFAULT_JWKS_URL))
+    audiences = _csv(env.get("GEMINI_JWT_AUDIENCE"))
+    issuers = _csv(env.get("GEMINI_JWT_ISSUERS"))
+    warnings = []
+    if jwks_url and not audiences:
+        warnings.append(
+            "GEMINI_JWT_AUDIENCE is unset: JWT-signed (per-request) deliveries will get 401. "
+            "Set it to this function's URL to accept them."
+        )
+    if jwks_url and "*" in audiences:
+        warnings.append(
+            "GEMINI_JWT_AUDIENCE is '*': any audience is accepted, so a token Google issued "
+            "for another endpoint would be accepted here too."
+        )
+    if not (secrets.current() or public_keys or (jwks_url and audiences)):
+        raise ConfigError(
+            "WEBHOOK_SIGNING_SECRETS",
+            "no verification method: set WEBHOOK_SIGNING_SECRETS, WEBHOOK_SIGNING_SECRETS_FILE, "
+            "WEBHOOK_PUBLIC_KEYS, or GEMINI_JWT_AUDIENCE (with GEMINI_JWKS_URL)",
+        )
+
+    prefix = env.get("RELAY_TOPIC_PREFIX", DEFAULT_TOPIC_PREFIX)
+    if prefix and not re.fullmatch(r"[A-Za-z][A-Za-z0-9\-_.~+%]*", prefix):
+        raise ConfigError("RELAY_TOPIC_PREFIX", "must start a valid Pub/Sub topic id")
+    collection = env.get("RELAY_DEDUP_COLLECTION", "webhook_deliveries")
+    if not re.fullmatch(r"[A-Za-z0-9_\-]{1,100}", collection) or collection.startswith("__"):
+        raise ConfigError("RELAY_DEDUP_COLLECTION", "must be a plain Firestore collection id")
+
+    return Settings(
+        secrets=secrets,
+        public_keys=public_keys,
+        jwks_url=jwks_url,
+        jwt_audiences=audiences,
+        jwt_issuers=issuers,
+        tolerance_seconds=_integer(env, "WEBHOOK_TOLERANCE_SECONDS", 300, 1, 86_400),
+        max_body_bytes=_integer(env, "WEBHOOK_MAX_BODY_BYTES", 1_048_576, 1, 8 * 1_048_576),
+        project=env.get("GOOGLE_CLOUD_PROJECT") or env.get("GCP_PROJECT") or None,
+        topic_prefix=prefix,
+        routes=parse_routes(env.get("RELAY_ROUTES"), prefix),
+        dedup_collection=collection,
+        # Records must outlive Gemini's 24 h of retries, or a late retry is published twice.
+        dedup_ttl_hours=_integer(env, "RELAY_DEDUP_TTL_HOURS", 72, 25, 24 * 365),
+        claim_lease_seconds=_integer(env, "RELAY_CLAIM_LEASE_SECONDS", 30, 1, 3_600),
+        warnings=tuple(warnings),
+    )
+
+
+def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not re.fullmatch(r"\d+", raw) or not low <= int(raw) <= high:
+        raise ConfigError(name, f"must be a whole number from {low} to {high}")
+    return int(raw)
+
+
+def _jwks_url(raw: str) -> str | None:
+    url = raw.strip()
+    if not url:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return url
+    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
+        return url
+    raise ConfigError("GEMINI_JWKS_URL", "must be an https URL (http only for loopback hosts)")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

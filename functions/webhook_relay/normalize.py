@@ -1,0 +1,155 @@
+"""A verified Gemini envelope -> the contract's CloudEvent and Pub/Sub attributes. Pure.
+
+Whatever the body holds, this returns an event: a body that is not a JSON object with a
+string `type` becomes `relay.quarantined`, because an authentic delivery we cannot read must
+still be kept (and answered 2xx, or Gemini retries it for a day and may disable the webhook).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+SOURCE = "https://generativelanguage.googleapis.com"
+QUARANTINED = "relay.quarantined"
+KINDS = frozenset({"batch", "interaction", "video"})
+NON_TERMINAL = frozenset({"requires_action"})
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str
+    subject: str | None
+    cloudevent: dict[str, Any]
+    quarantined: bool
+
+    def data(self) -> bytes:
+        return json.dumps(self.cloudevent, ensure_ascii=False, separators=(",", ":")).encode()
+
+    def attributes(self) -> dict[str, str]:
+        attributes = {
+            "event_type": self.type,
+            "webhook_id": self.cloudevent["id"],
+            "signature": self.cloudevent["signature"],
+        }
+        if self.subject is not None:
+            attributes["subject"] = self.subject
+        return attributes
+
+
+def normalize(webhook_id: str, timestamp: int, body: bytes, signature: str) -> Event:
+    envelope, problem = _envelope(body)
+    if envelope is None:
+        data = {"reason": problem, "body_base64": base64.b64encode(body).decode("ascii")}
+        cloudevent = _cloudevent(webhook_id, QUARANTINED, None, _unix_time(timestamp), signature)
+        cloudevent["data"] = data
+        return Event(QUARANTINED, None, cloudevent, quarantined=True)
+
+    event_type: str = envelope["type"]
+    payload = envelope.get("data")
+    fields: dict[str, Any] = payload if isinstance(payload, dict) else {}
+    subject = _identifier(fields.get("id"))
+    family, _, _ = event_type.partition(".")
+    outcome = event_type.rpartition(".")[2]
+    cloudevent = _cloudevent(
+        webhook_id, event_type, subject, _time(envelope.get("timestamp"), timestamp), signature
+    )
+    cloudevent["data"] = {
+        "kind": family if family in KINDS else "other",
+        "outcome": outcome,
+        "terminal": outcome not in NON_TERMINAL,
+        "job_id": subject,
+        # The docs name it output_file_uri; Google's cookbook receiver reads video_uri.
+        "output_uri": _text(fields.get("output_file_uri")) or _text(fields.get("video_uri")),
+        "file_name": _text(fields.get("file_name")),
+        "error": _error(fields),
+        "user_metadata": _user_metadata(envelope, fields),
+        "gemini": envelope,
+    }
+    return Event(event_type, subject, cloudevent, quarantined=False)
+
+
+def _envelope(body: bytes) -> tuple[dict[str, Any] | None, str]:
+    if not body:
+        return None, "empty body"
+    try:
+        envelope = json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: hostile nesting depth
+        return None, "body is not JSON"
+    if not isinstance(envelope, dict):
+        return None, "body is not a JSON object"
+    event_type = envelope.get("type")
+    if not isinstance(event_type, str) or not event_type.strip():
+        return None, "body has no string 'type'"
+    return envelope, ""
+
+
+def _cloudevent(
+    webhook_id: str, event_type: str, subject: str | None, time: str, signature: str
+) -> dict[str, Any]:
+    cloudevent: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": webhook_id,
+        "source": SOURCE,
+        "type": event_type,
+    }
+    if subject is not None:
+        cloudevent["subject"] = subject
+    cloudevent |= {"time": time, "datacontenttype": "application/json", "signature": signature}
+    return cloudevent
+
+
+def _identifier(value: Any) -> str | None:
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _error(fields: dict[str, Any]) -> dict[str, Any] | None:
+    nested = fields.get("error")
+    if isinstance(nested, dict) and ("code" in nested or "message" in nested):
+        return {"code": nested.get("code"), "message": nested.get("message")}
+    if "error_code" in fields or "error_message" in fields:
+        return {"code": fields.get("error_code"), "message": fields.get("error_message")}
+    return None
+
+
+def _user_metadata(envelope: dict[str, Any], fields: dict[str, Any]) -> Any:
+    # Where Gemini puts it is undocumented: the top level first, then inside `data`.
+    for holder in (envelope, fields):
+        if holder.get("user_metadata") is not None:
+            return holder["user_metadata"]
+    return None
+
+
+def _time(value: Any, fallback: int) -> str:
+    if not isinstance(value, str):
+        return _unix_time(fallback)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return _unix_time(fallback)
+    if parsed.tzinfo is None:  # RFC 3339 needs an offset; guessing one would be a lie
+        return _unix_time(fallback)
+    if _RFC3339.fullmatch(value):
+        return value  # already RFC 3339: keep its precision as delivered
+    return parsed.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _unix_time(timestamp: int) -> str:
+    try:
+        moment = datetime.fromtimestamp(timestamp, UTC)
+    except (OverflowError, OSError, ValueError):
+        moment = datetime.fromtimestamp(0, UTC)
+    return moment.isoformat().replace("+00:00", "Z")

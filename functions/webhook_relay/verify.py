@@ -1,0 +1,203 @@
+"""Is this delivery authentic? Decided on the raw bytes, before anything is parsed or stored.
+
+The scheme follows from the shape of `webhook-signature`:
+  `v1,<base64> …`   Standard Webhooks HMAC-SHA256 (project-level webhooks; any configured secret)
+  `v1a,<base64> …`  Standard Webhooks ed25519 (any configured public key)
+  `<jws>.<jws>.<jws>` an RS256 JWT from the configured key set (per-request webhooks)
+Every failure is a `BadRequest` (the request is malformed) or an `Unauthorized` (it is not
+provably ours); the key set being unreachable is `Unavailable`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import jwt
+from cryptography.exceptions import InvalidSignature
+
+from .config import Settings
+from .errors import BadRequest, Unauthorized
+from .jwks import KeySet, unverified_header
+
+MAX_ID_BYTES = 1024  # a Pub/Sub attribute value's limit
+MAX_SIGNATURE_ENTRIES = 32  # senders use one per live secret; more is an attack or a bug
+_TIMESTAMP = re.compile(r"-?[0-9]{1,15}")
+_JWS = re.compile(r"[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+")
+_SIGNATURE_LENGTHS = {"v1": 32, "v1a": 64}
+
+
+class Headers(Protocol):
+    """Case-insensitive header lookup, as werkzeug's `Headers` does it."""
+
+    def get(self, key: str) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One request as received. `signature` is the raw header: never log or return it."""
+
+    webhook_id: str
+    timestamp: int
+    raw_timestamp: str
+    signature: str
+    body: bytes
+
+    def signed_content(self) -> bytes:
+        return f"{self.webhook_id}.{self.raw_timestamp}.".encode() + self.body
+
+
+def read_delivery(headers: Headers, body: bytes) -> Delivery:
+    """The `webhook-*` headers, checked for presence and form (400 on any problem)."""
+    webhook_id = _header(headers, "webhook-id")
+    if len(webhook_id.encode()) > MAX_ID_BYTES:
+        raise BadRequest(f"webhook-id is longer than {MAX_ID_BYTES} bytes")
+    raw_timestamp = _header(headers, "webhook-timestamp")
+    if not _TIMESTAMP.fullmatch(raw_timestamp):
+        raise BadRequest("webhook-timestamp is not a decimal integer")
+    signature = _header(headers, "webhook-signature")
+    return Delivery(webhook_id, int(raw_timestamp), raw_timestamp, signature, body)
+
+
+def header_text(headers: Headers, name: str) -> str | None:
+    """A header as UTF-8 text: WSGI hands over header bytes as latin-1 code points."""
+    value = headers.get(name)
+    if value is None:
+        return None
+    try:
+        return value.encode("latin-1").decode("utf-8").strip()
+    except UnicodeError:
+        raise BadRequest(f"{name} is not UTF-8") from None
+
+
+def _header(headers: Headers, name: str) -> str:
+    value = header_text(headers, name)
+    if not value:
+        raise BadRequest(f"missing {name} header")
+    return value
+
+
+class Verifier:
+    def __init__(
+        self,
+        settings: Settings,
+        key_set: KeySet | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._key_set = key_set
+        self._clock = clock
+
+    def verify(self, delivery: Delivery) -> str:
+        """The scheme that proved `delivery` authentic: `hmac`, `ed25519` or `jwt`."""
+        if _JWS.fullmatch(delivery.signature):
+            self._check_timestamp(delivery)
+            self._verify_jwt(delivery.signature)
+            return "jwt"
+        signatures = parse_signature_entries(delivery.signature)
+        self._check_timestamp(delivery)
+        return self._verify_entries(delivery, signatures)
+
+    def _check_timestamp(self, delivery: Delivery) -> None:
+        # Checked before any signature: a replayed old delivery costs no crypto.
+        tolerance = self._settings.tolerance_seconds
+        skew = self._clock() - delivery.timestamp
+        if skew > tolerance:
+            raise Unauthorized("webhook-timestamp is too old")
+        if skew < -tolerance:
+            raise Unauthorized("webhook-timestamp is too far in the future")
+
+    def _verify_entries(self, delivery: Delivery, signatures: dict[str, list[bytes]]) -> str:
+        content = delivery.signed_content()
+        if signatures["v1"]:
+            for secret in self._settings.secrets.current():
+                expected = hmac.new(secret, content, hashlib.sha256).digest()
+                # Check every entry, no early exit on a mismatch: timing says nothing.
+                if any(hmac.compare_digest(expected, given) for given in signatures["v1"]):
+                    return "hmac"
+        for key in self._settings.public_keys if signatures["v1a"] else ():
+            for given in signatures["v1a"]:
+                try:
+                    key.verify(given, content)
+                except InvalidSignature:
+                    continue
+                return "ed25519"
+        if not signatures["v1"] and not signatures["v1a"]:
+            raise Unauthorized("no signature in a supported scheme (v1, v1a or JWT)")
+        raise Unauthorized("no signature matches")
+
+    def _verify_jwt(self, token: str) -> None:
+        settings = self._settings
+        if self._key_set is None:
+            raise Unauthorized("JWT deliveries are disabled (GEMINI_JWKS_URL is empty)")
+        if not settings.jwt_audiences:
+            raise Unauthorized("JWT deliveries need GEMINI_JWT_AUDIENCE to be configured")
+        header = unverified_header(token)
+        # The algorithm is ours to choose, never the token's: no `none`, no HMAC keyed with
+        # the public key.
+        if header.get("alg") != "RS256":
+            raise Unauthorized("JWT algorithm must be RS256")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise Unauthorized("JWT has no key id")
+        key = self._key_set.key_for(kid)
+        required = ["aud"] if not settings.any_audience else []
+        if settings.jwt_issuers:
+            required.append("iss")
+        try:
+            jwt.decode(
+                token,
+                key,
+                algorithms=["RS256"],
+                audience=None if settings.any_audience else list(settings.jwt_audiences),
+                issuer=list(settings.jwt_issuers) or None,
+                leeway=settings.tolerance_seconds,
+                options={"verify_aud": not settings.any_audience, "require": required},
+            )
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+            raise Unauthorized(f"JWT rejected: {_jwt_reason(exc)}") from None
+
+
+def parse_signature_entries(header: str) -> dict[str, list[bytes]]:
+    """Decoded `v1` and `v1a` signatures; entries of other versions are skipped (spec)."""
+    entries = header.split()
+    if len(entries) > MAX_SIGNATURE_ENTRIES:
+        raise BadRequest(f"webhook-signature has more than {MAX_SIGNATURE_ENTRIES} entries")
+    found: dict[str, list[bytes]] = {"v1": [], "v1a": []}
+    for entry in entries:
+        version, comma, value = entry.partition(",")
+        if not comma or not version or not value or "," in value:
+            raise BadRequest("webhook-signature entries must be '<version>,<base64>'")
+        if version not in found:
+            continue
+        try:
+            decoded = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest(f"webhook-signature {version} entry is not base64") from None
+        if len(decoded) != _SIGNATURE_LENGTHS[version]:
+            raise BadRequest(f"webhook-signature {version} entry has the wrong length")
+        found[version].append(decoded)
+    return found
+
+
+def _jwt_reason(exc: Exception) -> str:
+    # PyJWT's messages name the failed check, never a claim's value or the token.
+    reasons = {
+        jwt.ExpiredSignatureError: "expired",
+        jwt.ImmatureSignatureError: "not yet valid",
+        jwt.InvalidAudienceError: "wrong audience",
+        jwt.InvalidIssuerError: "wrong issuer",
+        jwt.MissingRequiredClaimError: "missing a required claim",
+        jwt.InvalidSignatureError: "bad signature",
+    }
+    for kind, reason in reasons.items():
+        if isinstance(exc, kind):
+            return reason
+    return "malformed"

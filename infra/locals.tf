@@ -1,0 +1,39 @@
+locals {
+  # The code's default route table (webhook_relay.routing.default_routes), one topic per event
+  # family; tests/test_infra.py fails if the two drift apart.
+  default_route_families = ["batch", "interaction", "video"]
+  default_routes         = { for family in local.default_route_families : "${family}.*" => "${var.topic_prefix}${family}" }
+
+  routes         = var.routes == null ? local.default_routes : var.routes
+  unrouted_topic = "${var.topic_prefix}unrouted"
+
+  # Every topic the function can publish to: a custom table replaces the defaults entirely, and
+  # unmatched or unreadable deliveries always go to the unrouted topic.
+  topic_ids = toset(concat(values(local.routes), [local.unrouted_topic]))
+
+  # The secret is mounted as a file (version "latest"), so a new version reaches running
+  # instances without a redeploy; the code re-reads the file when it changes.
+  secrets_mount_path   = "/etc/secrets"
+  secrets_file_name    = "webhook-signing-secrets"
+  signing_secrets_file = "${local.secrets_mount_path}/${local.secrets_file_name}"
+
+  # Only names from the contract's Configuration table; null values are left out.
+  function_environment = {
+    GOOGLE_CLOUD_PROJECT         = var.project_id
+    RELAY_TOPIC_PREFIX           = var.topic_prefix
+    RELAY_ROUTES                 = var.routes == null ? null : jsonencode(var.routes)
+    RELAY_DEDUP_COLLECTION       = var.dedup_collection
+    RELAY_DEDUP_TTL_HOURS        = tostring(var.dedup_ttl_hours)
+    RELAY_CLAIM_LEASE_SECONDS    = tostring(var.claim_lease_seconds)
+    GEMINI_JWT_AUDIENCE          = length(var.jwt_audiences) > 0 ? join(",", var.jwt_audiences) : null
+    GEMINI_JWT_ISSUERS           = length(var.jwt_issuers) > 0 ? join(",", var.jwt_issuers) : null
+    WEBHOOK_SIGNING_SECRETS_FILE = local.signing_secrets_file
+  }
+
+  runtime_member       = "serviceAccount:${google_service_account.relay.email}"
+  pubsub_service_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+}
+
+data "google_project" "this" {
+  project_id = var.project_id
+}

@@ -1,0 +1,20 @@
+terraform {
+  required_version = ">= 1.5.0"
+
+  required_providers {
+    google = {
+      source  = "hashicorp/google"
+      version = ">= 6.0, < 8.0"
+    }
+    # 2.7 brings glob patterns in archive_file excludes (used for __pycache__).
+    archive = {
+      source  = "hashicorp/archive"
+      version = ">= 2.7, < 3.0"
+    }
+  }
+}
+
+provider "google" {
+  project = var.project_id
+  region  = var.region
+}
