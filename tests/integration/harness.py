@@ -1,0 +1,220 @@
+"""The real parts, on loopback: both emulators, the relay served as in production
+(functions-framework, gunicorn), and clients to look at what it did."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from google.api_core import exceptions as api_exceptions
+from google.cloud import firestore
+from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
+from webhook_relay.claim import document_id
+from webhook_relay.emulators import Emulator, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT = "relay-test"
+PREFIX = "gemini-"
+TOPICS = [f"{PREFIX}{name}" for name in ("batch", "interaction", "video", "unrouted")]
+
+
+@contextmanager
+def emulator_env(firestore_host: str, pubsub_host: str) -> Iterator[None]:
+    """Clients read the emulator variables when made; set them only for that moment, so
+    nothing else in this test process (or its children) is pointed at these emulators."""
+    names = {"FIRESTORE_EMULATOR_HOST": firestore_host, "PUBSUB_EMULATOR_HOST": pubsub_host}
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update(names)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@dataclass
+class Stack:
+    """Emulators plus clients to inspect them. Topics are (re)created by `create_topics`."""
+
+    firestore_emulator: Emulator
+    pubsub_emulator: Emulator
+    publisher: PublisherClient = field(init=False)
+    subscriber: SubscriberClient = field(init=False)
+    db: firestore.Client = field(init=False)
+
+    def __post_init__(self) -> None:
+        with emulator_env(self.firestore_emulator.host, self.pubsub_emulator.host):
+            self.publisher = PublisherClient()
+            self.subscriber = SubscriberClient()
+            self.db = firestore.Client(project=PROJECT)
+
+    @classmethod
+    def start(cls) -> Stack:
+        firestore_emulator, pubsub_emulator = Emulator("firestore"), Emulator("pubsub")
+        try:
+            firestore_emulator.start()
+            pubsub_emulator.start()
+        except Exception:
+            firestore_emulator.stop()
+            pubsub_emulator.stop()
+            raise
+        stack = cls(firestore_emulator, pubsub_emulator)
+        stack.create_topics()
+        return stack
+
+    def stop(self) -> None:
+        self.subscriber.close()
+        self.firestore_emulator.stop()
+        self.pubsub_emulator.stop()
+
+    def env(self) -> dict[str, str]:
+        return {
+            "FIRESTORE_EMULATOR_HOST": self.firestore_emulator.host,
+            "PUBSUB_EMULATOR_HOST": self.pubsub_emulator.host,
+            "GOOGLE_CLOUD_PROJECT": PROJECT,
+        }
+
+    def create_topics(self) -> None:
+        for topic in TOPICS:
+            with suppress(api_exceptions.AlreadyExists):
+                self.publisher.create_topic(name=self.publisher.topic_path(PROJECT, topic))
+
+    def subscribe(self, topic: str) -> str:
+        """A new subscription: it sees only what is published from now on."""
+        name = f"{topic}-{time.monotonic_ns()}"
+        path = self.subscriber.subscription_path(PROJECT, name)
+        self.subscriber.create_subscription(
+            name=path, topic=self.publisher.topic_path(PROJECT, topic)
+        )
+        return path
+
+    def pull(self, subscription: str, settle: float = 0.5) -> list[Any]:
+        """Every message that arrives until none has for `settle` seconds; all acked.
+
+        The relay answers only after Pub/Sub confirmed the publish, so once the answers are
+        in, every message it published is already waiting here."""
+        received: list[Any] = []
+        quiet_until = time.monotonic() + settle
+        while time.monotonic() < quiet_until:
+            try:
+                answer = self.subscriber.pull(
+                    subscription=subscription, max_messages=100, timeout=settle
+                )
+            except api_exceptions.DeadlineExceeded:
+                continue
+            if answer.received_messages:
+                received.extend(answer.received_messages)
+                self.subscriber.acknowledge(
+                    subscription=subscription,
+                    ack_ids=[message.ack_id for message in answer.received_messages],
+                )
+                quiet_until = time.monotonic() + settle
+            else:
+                time.sleep(0.1)
+        return received
+
+    def record(self, collection: str, webhook_id: str) -> dict[str, Any] | None:
+        snapshot = self.db.collection(collection).document(document_id(webhook_id)).get()
+        return snapshot.to_dict() if snapshot.exists else None
+
+
+@dataclass
+class Answer:
+    status: int
+    body: dict[str, Any]
+    headers: Mapping[str, str]
+
+
+class RelayServer:
+    """`functions-framework` serving functions/main.py, as Cloud Functions does."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self._env = {**os.environ, **env}
+        for name in ("FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST"):
+            if name not in env:
+                self._env.pop(name, None)
+        self.log = Path(f"/tmp/webhook-relay-test-{self.port}.log")  # noqa: S108
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RelayServer:
+        command = [
+            str(Path(sys.executable).with_name("functions-framework")),
+            "--source",
+            str(ROOT / "functions" / "main.py"),
+            "--target",
+            "receive_webhook",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
+        with self.log.open("wb") as log:
+            self._process = subprocess.Popen(
+                command,
+                env=self._env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"the relay exited at start:\n{self.log.read_text()[-3000:]}")
+            with suppress(OSError):
+                if self.get().status == 200:
+                    return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("the relay did not answer within 30 s")
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+
+    def get(self) -> Answer:
+        return self._send(urllib.request.Request(self.url, method="GET"))
+
+    def post(self, body: bytes, headers: Mapping[str, str]) -> Answer:
+        # Header values go out as UTF-8, as Gemini's would; http.client would use latin-1.
+        encoded: Any = {name: value.encode() for name, value in headers.items()}
+        request = urllib.request.Request(self.url, data=body, headers=encoded, method="POST")
+        return self._send(request)
+
+    @staticmethod
+    def _send(request: urllib.request.Request) -> Answer:
+        try:
+            with urllib.request.urlopen(request, timeout=20) as response:
+                return Answer(response.status, json.loads(response.read()), response.headers)
+        except urllib.error.HTTPError as error:
+            return Answer(error.code, json.loads(error.read()), error.headers)
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        lines = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            with suppress(ValueError):
+                entry = json.loads(line)
+                if isinstance(entry, dict):
+                    lines.append(entry)
+        return lines
