@@ -2,6 +2,7 @@
 
 import flask
 import functions_framework
+
 from webhook_relay.app import start
 
 # At import, i.e. instance start-up: a bad configuration stops here, not on each request.

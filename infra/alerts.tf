@@ -1,7 +1,15 @@
+# Monitoring refuses an alert on a log-based metric until the metric has propagated ("Cannot
+# find metric(s)", up to minutes; hashicorp/terraform-provider-google#11102). If an apply still
+# hits it, apply again.
+resource "time_sleep" "metrics_propagate" {
+  create_duration = "120s"
+  triggers        = { for name, metric in google_logging_metric.requests : name => metric.name }
+}
+
 locals {
   user_metric_filter = {
     for name, metric in google_logging_metric.requests :
-    name => "metric.type=\"logging.googleapis.com/user/${metric.name}\" AND resource.type=\"cloud_run_revision\""
+    name => "metric.type=\"logging.googleapis.com/user/${time_sleep.metrics_propagate.triggers[name]}\" AND resource.type=\"cloud_run_revision\""
   }
 
   dead_letter_subscription_ids = [for subscription in google_pubsub_subscription.dead_letter : subscription.name]

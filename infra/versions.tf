@@ -11,6 +11,10 @@ terraform {
       source  = "hashicorp/archive"
       version = ">= 2.7, < 3.0"
     }
+    time = {
+      source  = "hashicorp/time"
+      version = ">= 0.9, < 1.0"
+    }
   }
 }
 

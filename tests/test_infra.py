@@ -17,6 +17,7 @@ from functools import cache
 from pathlib import Path
 
 import hcl2
+
 from webhook_relay import config, routing
 from webhook_relay.claim import TTL_FIELD
 

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .errors import ConfigError
-from .routing import DEFAULT_TOPIC_PREFIX, Routes, parse_routes
+from .routing import DEFAULT_TOPIC_PREFIX, Routes, parse_routes, valid_topic_id
 
 DEFAULT_JWKS_URL = "https://generativelanguage.googleapis.com/.well-known/jwks.json"
 
@@ -49,6 +49,10 @@ ENVIRONMENT = (
 
 log = logging.getLogger(__name__)
 _SEPARATORS = re.compile(r"[\s,]+")
+# A quarantined body is published base64-encoded (4/3 of its size) in one Pub/Sub message,
+# whose data may not exceed 10 MB: above 7 MiB (9.8 MB encoded) an authentic body that is not
+# JSON could never be published, and would be answered 503 on every retry.
+MAX_BODY_BYTES_LIMIT = 7 * 1_048_576
 # Within this long after a change, a rotated secrets file is in use (the contract allows 10 s).
 SECRETS_FILE_CHECK_SECONDS = 1.0
 
@@ -58,6 +62,9 @@ def parse_secrets(raw: str, variable: str) -> tuple[bytes, ...]:
     keys = []
     for position, token in enumerate(_tokens(raw), start=1):
         encoded = token.removeprefix("whsec_")
+        # Standard Webhooks libraries (standardwebhooks, svix) accept secrets without base64
+        # padding; refusing them would fail a deployment on a secret every sender can use.
+        encoded += "=" * (-len(encoded) % 4)
         try:
             key = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
@@ -205,6 +212,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     prefix = env.get("RELAY_TOPIC_PREFIX", DEFAULT_TOPIC_PREFIX)
     if prefix and not re.fullmatch(r"[A-Za-z][A-Za-z0-9\-_.~+%]*", prefix):
         raise ConfigError("RELAY_TOPIC_PREFIX", "must start a valid Pub/Sub topic id")
+    routes = parse_routes(env.get("RELAY_ROUTES"), prefix)
+    # The prefix makes the unrouted topic (and the default ones): a reserved ("goog") or
+    # over-long result would fail every publish to it at request time instead of here.
+    if not all(valid_topic_id(topic) for topic in routes.topics()):
+        raise ConfigError("RELAY_TOPIC_PREFIX", "makes a topic id Pub/Sub does not allow")
     collection = env.get("RELAY_DEDUP_COLLECTION", "webhook_deliveries")
     if not re.fullmatch(r"[A-Za-z0-9_\-]{1,100}", collection) or collection.startswith("__"):
         raise ConfigError("RELAY_DEDUP_COLLECTION", "must be a plain Firestore collection id")
@@ -216,10 +228,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         jwt_audiences=audiences,
         jwt_issuers=issuers,
         tolerance_seconds=_integer(env, "WEBHOOK_TOLERANCE_SECONDS", 300, 1, 86_400),
-        max_body_bytes=_integer(env, "WEBHOOK_MAX_BODY_BYTES", 1_048_576, 1, 8 * 1_048_576),
+        max_body_bytes=_integer(env, "WEBHOOK_MAX_BODY_BYTES", 1_048_576, 1, MAX_BODY_BYTES_LIMIT),
         project=env.get("GOOGLE_CLOUD_PROJECT") or env.get("GCP_PROJECT") or None,
         topic_prefix=prefix,
-        routes=parse_routes(env.get("RELAY_ROUTES"), prefix),
+        routes=routes,
         dedup_collection=collection,
         # Records must outlive Gemini's 24 h of retries, or a late retry is published twice.
         dedup_ttl_hours=_integer(env, "RELAY_DEDUP_TTL_HOURS", 72, 25, 24 * 365),

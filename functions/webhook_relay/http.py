@@ -14,10 +14,10 @@ from typing import Any, Protocol
 import flask
 
 from .deadline import Deadline
-from .errors import BadRequest, RelayError, TooLarge, Unavailable
+from .errors import BadRequest, RelayError, TooLarge, Unauthorized, Unavailable
 from .logs import TRACE_KEY, emit, trace
 from .relay import Outcome
-from .verify import MAX_ID_BYTES, Delivery, header_text, read_delivery
+from .verify import MAX_ID_BYTES, Delivery, claimed_scheme, header_text, read_delivery
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 64 * 1024
@@ -52,6 +52,8 @@ def handle(request: flask.Request, pipeline: Pipeline) -> flask.Response:
         answer = _answer(request, pipeline, deadline)
     except RelayError as error:
         answer = _Answer(error.http_status, error.status, error.detail)
+        if isinstance(error, Unauthorized):  # which scheme is failing: a label for the alert
+            answer.log["signature"] = claimed_scheme(request.headers.get("webhook-signature"))
         if isinstance(error, Unavailable):
             answer.retry_after = error.retry_after
     except Exception as exc:

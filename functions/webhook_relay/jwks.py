@@ -9,6 +9,7 @@ of made-up `kid`s cannot turn into a flood of fetches), and re-fetched when olde
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import threading
@@ -100,6 +101,12 @@ class KeySet:
             return keys[kid]
         with self._lock:
             if self._keys is None:
+                if not self._may_refresh():
+                    # The first fetch failed moments ago. Fetching again for every waiting
+                    # request would hold each one (in turn, behind this lock) for a whole
+                    # fetch timeout and pass the 10 s answer budget; the rate limit of
+                    # unknown-kid refreshes applies here too, as every kid is unknown.
+                    raise Unavailable("key set unreachable (retrying it shortly)")
                 self._refresh()
             elif self._stale() and self._may_refresh():
                 try:
@@ -132,8 +139,9 @@ class KeySet:
         self.fetches += 1
         try:
             keys = parse_key_set(self._fetch(self.url, self._timeout))
-        except (OSError, ValueError) as exc:
-            # OSError covers URLError, HTTPError and socket timeouts.
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            # OSError covers URLError, HTTPError and socket timeouts; HTTPException (not an
+            # OSError) a truncated or garbled answer, e.g. IncompleteRead or BadStatusLine.
             raise Unavailable(f"key set unreachable ({type(exc).__name__})") from None
         self._keys, self._fetched_at = keys, self._clock()
 

@@ -30,7 +30,9 @@ from .jwks import KeySet, unverified_header
 MAX_ID_BYTES = 1024  # a Pub/Sub attribute value's limit
 MAX_SIGNATURE_ENTRIES = 32  # senders use one per live secret; more is an attack or a bug
 _TIMESTAMP = re.compile(r"-?[0-9]{1,15}")
-_JWS = re.compile(r"[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+")
+# The signature part may be empty: that is an unsecured (`alg: none`) JWS, which must be
+# recognised as a JWT to be refused as one (401), not misread as a malformed v1 entry (400).
+_JWS = re.compile(r"[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*")
 _SIGNATURE_LENGTHS = {"v1": 32, "v1a": 64}
 
 
@@ -163,6 +165,16 @@ class Verifier:
             )
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
             raise Unauthorized(f"JWT rejected: {_jwt_reason(exc)}") from None
+
+
+def claimed_scheme(signature: str | None) -> str:
+    """The scheme a `webhook-signature` claims, for logs and metrics only: it proves nothing."""
+    if not signature:
+        return "none"
+    if _JWS.fullmatch(signature.strip()):
+        return "jwt"
+    versions = {entry.partition(",")[0] for entry in signature.split()}
+    return "hmac" if "v1" in versions else "ed25519" if "v1a" in versions else "unknown"
 
 
 def parse_signature_entries(header: str) -> dict[str, list[bytes]]:

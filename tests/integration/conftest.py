@@ -4,10 +4,10 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 
 import pytest
-from webhook_relay.emulators import EmulatorError
 
 from tests.integration.harness import RelayServer, Stack
 from tests.support.signing import new_secret
+from webhook_relay.emulators import EmulatorError
 
 StartRelay = Callable[..., RelayServer]
 

@@ -20,6 +20,7 @@ from typing import Any
 from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
+
 from webhook_relay.claim import document_id
 from webhook_relay.emulators import Emulator, free_port
 

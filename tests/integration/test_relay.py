@@ -11,11 +11,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from webhook_relay.claim import document_id
 
 from tests.integration.conftest import StartRelay
 from tests.integration.harness import PROJECT, RelayServer, Stack
-from tests.support.signing import headers_v1
+from tests.support.signing import Ed25519Signer, JwksServer, RsaKey, headers_v1
+from webhook_relay.claim import document_id
 
 COLLECTION = "webhook_deliveries"
 CATALOG: dict[str, dict[str, Any]] = {
@@ -241,3 +241,50 @@ def test_routes_from_relay_routes(stack: Stack, start_relay: StartRelay, secret:
 
 def test_project_of_the_records_is_the_configured_one(stack: Stack) -> None:
     assert stack.db.project == PROJECT
+
+
+def test_jwt_and_ed25519_deliveries_are_accepted(
+    stack: Stack, start_relay: StartRelay, secret: str
+) -> None:
+    key, signer = RsaKey(), Ed25519Signer()
+    with JwksServer(key).running() as jwks:
+        relay = start_relay(
+            GEMINI_JWKS_URL=jwks.url,
+            GEMINI_JWT_AUDIENCE="https://relay.example/hook",
+            WEBHOOK_PUBLIC_KEYS=signer.public_key,
+        )
+        subscription = stack.subscribe("gemini-batch")
+        body = envelope("batch.expired", {"id": "batches/jwt"})
+        now = int(time.time())
+        token = key.token({"aud": "https://relay.example/hook"})
+        by_jwt = relay.post(
+            body,
+            {
+                "webhook-id": "jwt-" + new_id(),
+                "webhook-timestamp": str(now),
+                "webhook-signature": token,
+            },
+        )
+        ed_id = "ed-" + new_id()
+        by_ed25519 = relay.post(
+            body,
+            {
+                "webhook-id": ed_id,
+                "webhook-timestamp": str(now),
+                "webhook-signature": signer.sign(ed_id, now, body),
+            },
+        )
+        # A second JWT delivery is served from the cached key set: one fetch in all.
+        relay.post(
+            body,
+            {
+                "webhook-id": "jwt-" + new_id(),
+                "webhook-timestamp": str(now),
+                "webhook-signature": key.token({"aud": "https://relay.example/hook"}),
+            },
+        )
+
+    assert (by_jwt.status, by_ed25519.status) == (200, 200)
+    assert jwks.requests == 1
+    signatures = sorted(m.message.attributes["signature"] for m in stack.pull(subscription))
+    assert signatures == ["ed25519", "jwt", "jwt"]

@@ -1,0 +1,7 @@
+"""`python -m webhook_relay.cli`: the same as the `webhook-relay` console script."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

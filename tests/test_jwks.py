@@ -1,0 +1,243 @@
+"""The cached key set: what is fetched, when, and what a failed fetch means."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from typing import Any
+
+import pytest
+
+from tests.support.fakes import FakeClock, jwks_server, rsa_key
+from tests.support.signing import RsaKey
+from webhook_relay.errors import Unauthorized, Unavailable
+from webhook_relay.jwks import (
+    FETCH_TIMEOUT_SECONDS,
+    REFRESH_INTERVAL_SECONDS,
+    KeySet,
+    fetch_url,
+    parse_key_set,
+    unverified_header,
+)
+
+A, B = rsa_key("a"), rsa_key("b")
+URL = "https://keys.example/jwks.json"
+
+
+def document(*entries: dict[str, Any]) -> bytes:
+    return json.dumps({"keys": list(entries)}).encode()
+
+
+class Fetcher:
+    """A key set endpoint in memory: serves `keys`, or raises `error`; counts its calls."""
+
+    def __init__(self, *keys: RsaKey) -> None:
+        self.keys = list(keys)
+        self.error: Exception | None = None
+        self.calls = 0
+        self.timeouts: list[float] = []
+
+    def __call__(self, url: str, timeout: float) -> bytes:
+        self.calls += 1
+        self.timeouts.append(timeout)
+        if self.error is not None:
+            raise self.error
+        return document(*(key.jwk() for key in self.keys))
+
+
+def key_set(fetch: Fetcher, clock: FakeClock) -> KeySet:
+    return KeySet(URL, fetch=fetch, clock=clock)
+
+
+# --- parse_key_set -------------------------------------------------------------------------
+
+
+def test_parse_keeps_rsa_signing_keys_by_kid() -> None:
+    assert set(parse_key_set(document(A.jwk(), B.jwk()))) == {A.kid, B.kid}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param({"kty": "EC"}, id="not-rsa"),
+        pytest.param({"alg": "RS512"}, id="other-alg"),
+        pytest.param({"use": "enc"}, id="encryption-key"),
+        pytest.param({"kid": 7}, id="kid-not-a-string"),
+        pytest.param({"n": "!!"}, id="broken-modulus"),
+    ],
+)
+def test_parse_skips_unusable_key_without_failing(change: dict[str, Any]) -> None:
+    assert set(parse_key_set(document(A.jwk() | change, B.jwk()))) == {B.kid}
+
+
+def test_parse_skips_key_without_kid() -> None:
+    entry = A.jwk()
+    del entry["kid"]
+    assert parse_key_set(document(entry)) == {}
+
+
+@pytest.mark.parametrize("raw", [b"not json", b"[]", b'{"keys": {}}', b"\xff"])
+def test_parse_refuses_a_document_that_is_not_a_jwks(raw: bytes) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - KeySet maps every ValueError to 503
+        parse_key_set(raw)
+
+
+# --- caching and refresh -------------------------------------------------------------------
+
+
+def test_first_use_fetches_and_later_uses_do_not() -> None:
+    fetch = Fetcher(A)
+    keys = key_set(fetch, FakeClock())
+    keys.key_for(A.kid)
+    keys.key_for(A.kid)
+    assert fetch.calls == 1
+
+
+def test_fetch_timeout_is_at_most_3_seconds() -> None:
+    fetch = Fetcher(A)
+    key_set(fetch, FakeClock()).key_for(A.kid)
+    assert fetch.timeouts == [FETCH_TIMEOUT_SECONDS]
+    assert FETCH_TIMEOUT_SECONDS <= 3
+
+
+def test_unknown_kid_after_the_interval_refreshes_once_and_finds_a_rotated_key() -> None:
+    fetch, clock = Fetcher(A), FakeClock()
+    keys = key_set(fetch, clock)
+    keys.key_for(A.kid)
+    fetch.keys.append(B)
+    clock.advance(REFRESH_INTERVAL_SECONDS)
+    assert keys.key_for(B.kid) is not None
+    assert fetch.calls == 2
+
+
+def test_unknown_kid_still_unknown_after_refresh_is_unauthorized() -> None:
+    fetch, clock = Fetcher(A), FakeClock()
+    keys = key_set(fetch, clock)
+    keys.key_for(A.kid)
+    clock.advance(REFRESH_INTERVAL_SECONDS)
+    with pytest.raises(Unauthorized, match="unknown JWT key id"):
+        keys.key_for("made-up")
+    assert fetch.calls == 2
+
+
+def test_flood_of_unknown_kids_is_one_fetch_per_interval() -> None:
+    fetch, clock = Fetcher(A), FakeClock()
+    keys = key_set(fetch, clock)
+    for number in range(50):
+        with pytest.raises(Unauthorized):
+            keys.key_for(f"made-up-{number}")
+        clock.advance(REFRESH_INTERVAL_SECONDS / 10)
+    assert fetch.calls == 5
+
+
+def test_set_down_at_first_use_is_unavailable() -> None:
+    fetch = Fetcher(A)
+    fetch.error = OSError("connection refused")
+    with pytest.raises(Unavailable):
+        key_set(fetch, FakeClock()).key_for(A.kid)
+
+
+def test_set_down_at_first_use_is_not_fetched_again_within_the_interval() -> None:
+    # Otherwise every JWT delivery waits for its own fetch timeout (serialized on the lock)
+    # while the set is down, and a burst of them outlasts the 10 s answer budget.
+    fetch, clock = Fetcher(A), FakeClock()
+    fetch.error = OSError("connection refused")
+    keys = key_set(fetch, clock)
+    for _ in range(3):
+        with pytest.raises(Unavailable):
+            keys.key_for(A.kid)
+    assert fetch.calls == 1
+
+
+def test_set_back_after_a_failed_first_use_is_fetched_after_the_interval() -> None:
+    fetch, clock = Fetcher(A), FakeClock()
+    fetch.error = OSError("connection refused")
+    keys = key_set(fetch, clock)
+    with pytest.raises(Unavailable):
+        keys.key_for(A.kid)
+    fetch.error = None
+    clock.advance(REFRESH_INTERVAL_SECONDS)
+    assert keys.key_for(A.kid) is not None
+
+
+def test_set_down_on_refresh_for_unknown_kid_is_unavailable() -> None:
+    fetch, clock = Fetcher(A), FakeClock()
+    keys = key_set(fetch, clock)
+    keys.key_for(A.kid)
+    fetch.error = TimeoutError("timed out")
+    clock.advance(REFRESH_INTERVAL_SECONDS)
+    with pytest.raises(Unavailable):
+        keys.key_for(B.kid)
+
+
+def test_cached_key_keeps_working_when_a_stale_refresh_fails() -> None:
+    fetch, clock = Fetcher(A), FakeClock()
+    keys = key_set(fetch, clock)
+    keys.key_for(A.kid)
+    fetch.error = OSError("down")
+    clock.advance(7200)
+    assert keys.key_for(A.kid) is not None
+    assert fetch.calls == 2
+
+
+def test_stale_set_is_replaced() -> None:
+    fetch, clock = Fetcher(A), FakeClock()
+    keys = key_set(fetch, clock)
+    keys.key_for(A.kid)
+    fetch.keys = [B]
+    clock.advance(7200)
+    with pytest.raises(Unauthorized):
+        keys.key_for(A.kid)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(http.client.IncompleteRead(b"{"), id="incomplete-read"),
+        pytest.param(http.client.BadStatusLine("garbage"), id="bad-status-line"),
+        pytest.param(ValueError("key set larger than 512 KiB"), id="too-large"),
+    ],
+)
+def test_broken_answer_from_the_set_is_unavailable(error: Exception) -> None:
+    fetch = Fetcher(A)
+    fetch.error = error
+    with pytest.raises(Unavailable):
+        key_set(fetch, FakeClock()).key_for(A.kid)
+
+
+def test_unavailable_detail_names_no_url() -> None:
+    fetch = Fetcher(A)
+    fetch.error = OSError(f"cannot reach {URL}")
+    with pytest.raises(Unavailable) as caught:
+        key_set(fetch, FakeClock()).key_for(A.kid)
+    assert URL not in caught.value.detail
+
+
+# --- fetch_url over loopback HTTP ----------------------------------------------------------
+
+
+def test_fetch_url_reads_the_set() -> None:
+    server = jwks_server(A)
+    assert set(parse_key_set(fetch_url(server.url, 3.0))) == {A.kid}
+
+
+def test_fetch_url_refuses_a_set_over_512_kib() -> None:
+    server = jwks_server(*[A] * 1500)
+    with pytest.raises(ValueError, match="512 KiB"):
+        fetch_url(server.url, 3.0)
+
+
+def test_fetch_url_error_status_is_an_oserror() -> None:
+    server = jwks_server(A)
+    server.down = True
+    with pytest.raises(OSError):  # noqa: PT011 - KeySet maps every OSError to 503
+        fetch_url(server.url, 3.0)
+
+
+# --- the token header ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("token", ["a.b.c", "!!.??.**", "W10.e30.c2ln"])  # W10: `[]`
+def test_unreadable_jwt_header_is_unauthorized(token: str) -> None:
+    with pytest.raises(Unauthorized):
+        unverified_header(token)
