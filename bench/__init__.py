@@ -1,1 +1,2 @@
-"""`make bench`: the relay's cost, side by side with the reference verifier and the raw-client floor."""
+"""`make bench`: the relay's cost, side by side with the reference verifier and the
+raw-client floor."""

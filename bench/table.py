@@ -25,6 +25,14 @@ PACKAGES = (
 )
 
 
+TIMES = "\N{MULTIPLICATION SIGN}"
+EN_DASH = "\N{EN DASH}"
+
+
+def times(ratio: float, digits: int) -> str:
+    return f"{ratio:.{digits}f}{TIMES}"
+
+
 def quantile(values: Sequence[float], q: float) -> float:
     """Linear interpolation between the closest ranks (numpy's default)."""
     ordered = sorted(values)
@@ -50,7 +58,7 @@ class Spread:
         def number(value: float) -> str:
             return f"{value * scale:,.{digits}f}"
 
-        return f"{number(self.median)}{unit} ({number(self.p10)}–{number(self.p90)})"
+        return f"{number(self.median)}{unit} ({number(self.p10)}{EN_DASH}{number(self.p90)})"
 
 
 def ratio_of_rounds(ours: Sequence[float], theirs: Sequence[float]) -> float:
@@ -110,7 +118,7 @@ def render(info: dict[str, str], rows: Sequence[Row], total_seconds: float) -> s
         f"- packages: {info['packages']}",
         f"- total run time of `make bench`: {total_seconds:.0f} s",
         "",
-        "Figures are `median (p10–p90)` over interleaved rounds (ours, reference, ours, "
+        f"Figures are `median (p10{EN_DASH}p90)` over interleaved rounds (ours, reference, ours, "
         "reference, …), so machine noise hits both sides alike; the ratio is ours ÷ "
         "reference unless the row says otherwise, as the median of the per-round ratios.",
         "",

@@ -1,4 +1,4 @@
-"""Start-up configuration: every bad variable is one ConfigError naming it, never a request error."""
+"""Start-up configuration: each bad variable is one ConfigError naming it, not a request error."""
 
 from __future__ import annotations
 
@@ -132,7 +132,9 @@ def test_static_and_file_secrets_are_both_used(tmp_path: Path) -> None:
     path = tmp_path / "secrets"
     other = new_secret()
     path.write_text(other)
-    settings = load_settings({"WEBHOOK_SIGNING_SECRETS": SECRET, "WEBHOOK_SIGNING_SECRETS_FILE": str(path)})
+    settings = load_settings(
+        {"WEBHOOK_SIGNING_SECRETS": SECRET, "WEBHOOK_SIGNING_SECRETS_FILE": str(path)}
+    )
     assert settings.secrets.current() == parse_secrets(f"{SECRET} {other}", "V")
 
 
@@ -179,7 +181,9 @@ def test_jwks_url_must_be_https(url: str) -> None:
     ["http://127.0.0.1:8080/jwks.json", "http://localhost/jwks.json", "http://[::1]:9/jwks"],
 )
 def test_jwks_url_may_be_http_on_loopback(url: str) -> None:
-    assert load_settings({"WEBHOOK_SIGNING_SECRETS": SECRET, "GEMINI_JWKS_URL": url}).jwks_url == url
+    assert (
+        load_settings({"WEBHOOK_SIGNING_SECRETS": SECRET, "GEMINI_JWKS_URL": url}).jwks_url == url
+    )
 
 
 def test_jwks_url_defaults_to_google() -> None:
@@ -187,7 +191,9 @@ def test_jwks_url_defaults_to_google() -> None:
 
 
 def test_empty_jwks_url_disables_jwt() -> None:
-    assert load_settings({"WEBHOOK_SIGNING_SECRETS": SECRET, "GEMINI_JWKS_URL": ""}).jwks_url is None
+    assert (
+        load_settings({"WEBHOOK_SIGNING_SECRETS": SECRET, "GEMINI_JWKS_URL": ""}).jwks_url is None
+    )
 
 
 def test_star_audience_warns_at_start_up() -> None:
@@ -203,7 +209,10 @@ def test_missing_audience_warns_at_start_up() -> None:
 
 def test_audience_and_issuers_are_comma_separated() -> None:
     settings = load_settings(
-        {"GEMINI_JWT_AUDIENCE": " https://a.example ,https://b.example,", "GEMINI_JWT_ISSUERS": "x, y"}
+        {
+            "GEMINI_JWT_AUDIENCE": " https://a.example ,https://b.example,",
+            "GEMINI_JWT_ISSUERS": "x, y",
+        }
     )
     assert settings.jwt_audiences == ("https://a.example", "https://b.example")
     assert settings.jwt_issuers == ("x", "y")
@@ -295,7 +304,12 @@ def test_dedup_ttl_must_exceed_gemini_24_hours_of_retries(hours: str) -> None:
 
 
 def test_dedup_ttl_of_25_hours_is_accepted() -> None:
-    assert load_settings({"WEBHOOK_SIGNING_SECRETS": SECRET, "RELAY_DEDUP_TTL_HOURS": "25"}).dedup_ttl_hours == 25
+    assert (
+        load_settings(
+            {"WEBHOOK_SIGNING_SECRETS": SECRET, "RELAY_DEDUP_TTL_HOURS": "25"}
+        ).dedup_ttl_hours
+        == 25
+    )
 
 
 def test_defaults() -> None:

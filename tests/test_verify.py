@@ -283,7 +283,7 @@ def test_jwt_rs256_is_accepted(server: JwksServer) -> None:
 
 
 def test_jwt_alg_none(server: JwksServer) -> None:
-    token = jwt.encode({"aud": AUDIENCE}, None, algorithm="none", headers={"kid": KEY.kid})
+    token = jwt.encode({"aud": AUDIENCE}, "", algorithm="none", headers={"kid": KEY.kid})
     with pytest.raises(Unauthorized):
         make_verifier(jwt_env(server))(jwt_headers(token), BODY)
 

@@ -99,10 +99,11 @@ class FirestoreClaims:
     ) -> ClaimResult:
         ref = self._ref(webhook_id)
         now = self._now()
+        lease_until = now + self._lease
         record = {
             "webhook_id": webhook_id,
             "state": CLAIMED,
-            "lease_until": now + self._lease,
+            "lease_until": lease_until,
             "attempts": 1,
             "event_type": event_type,
             "subject": subject,
@@ -117,6 +118,9 @@ class FirestoreClaims:
             return Claimed(webhook_id, 1, result.update_time)
         except api_exceptions.AlreadyExists:
             pass
+        except Unavailable:
+            self._undo_uncertain_create(ref, lease_until, deadline)
+            raise
         snapshot = self._call(deadline, lambda options: ref.get(**options))
         found = _decide(webhook_id, snapshot.to_dict() if snapshot.exists else None, now)
         if found is not None:
@@ -172,6 +176,24 @@ class FirestoreClaims:
             raise Unavailable("Firestore did not answer in time") from None
         except Exception as exc:
             raise Unavailable(f"Firestore failed ({type(exc).__name__})") from exc
+
+    def _undo_uncertain_create(
+        self, ref: firestore.DocumentReference, lease_until: datetime, deadline: Deadline
+    ) -> None:
+        """A create that timed out may still have been written. Left alone, that claim would
+        answer Gemini's retries `in_flight` for a whole lease; release it if it is ours (our
+        lease end, to the microsecond, serves as the token) and nobody wrote since."""
+        with contextlib.suppress(Exception):
+            snapshot = self._call(deadline, lambda options: ref.get(**options))
+            current = snapshot.to_dict() if snapshot.exists else None
+            if current and current.get("lease_until") == lease_until and current["attempts"] == 1:
+                option = self._client().write_option(last_update_time=snapshot.update_time)
+                self._call(
+                    deadline,
+                    lambda options: ref.update(
+                        {"lease_until": self._now()}, option=option, **options
+                    ),
+                )
 
     def mark_published(
         self, claim: Claimed, topic: str, message_id: str, deadline: Deadline

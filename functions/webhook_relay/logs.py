@@ -27,7 +27,10 @@ _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime
 def emit(severity: str, message: str, **fields: Any) -> None:
     entry = {"severity": severity, "message": message}
     entry.update((key, value) for key, value in fields.items() if value is not None)
-    line = json.dumps(entry, ensure_ascii=False, default=str)
+    # ASCII with escapes: a line is then writable to any stdout, even holding text with no
+    # UTF-8 form (an unpaired surrogate). emit runs outside the answer's error handling, so
+    # a UnicodeEncodeError here would escape `handle` as a 500.
+    line = json.dumps(entry, ensure_ascii=True, default=str)
     with _write_lock:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ SOURCE = "https://generativelanguage.googleapis.com"
 QUARANTINED = "relay.quarantined"
 KINDS = frozenset({"batch", "interaction", "video"})
 NON_TERMINAL = frozenset({"requires_action"})
+MAX_ATTRIBUTE_BYTES = 1024  # a Pub/Sub attribute value's limit
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 
 
@@ -37,7 +39,9 @@ class Event:
             "webhook_id": self.cloudevent["id"],
             "signature": self.cloudevent["signature"],
         }
-        if self.subject is not None:
+        # An id too long for an attribute stays in the event (`subject`, `job_id`): the message
+        # must still be publishable, or the delivery would be refused on every retry.
+        if self.subject is not None and len(self.subject.encode()) <= MAX_ATTRIBUTE_BYTES:
             attributes["subject"] = self.subject
         return attributes
 
@@ -78,7 +82,9 @@ def _envelope(body: bytes) -> tuple[dict[str, Any] | None, str]:
     if not body:
         return None, "empty body"
     try:
-        envelope = json.loads(body)
+        # NaN, Infinity and numbers overflowing a float are read by Python's json but are not
+        # JSON: republished, they would make an event subscribers' parsers refuse.
+        envelope = json.loads(body, parse_constant=_not_json, parse_float=_finite_float)
     except (ValueError, RecursionError):  # RecursionError: hostile nesting depth
         return None, "body is not JSON"
     if not isinstance(envelope, dict):
@@ -86,7 +92,33 @@ def _envelope(body: bytes) -> tuple[dict[str, Any] | None, str]:
     event_type = envelope.get("type")
     if not isinstance(event_type, str) or not event_type.strip():
         return None, "body has no string 'type'"
+    if not _encodable(envelope):
+        # An unpaired surrogate (the escape `"\ud800"`, or its raw bytes, which json reads
+        # with `surrogatepass`) is a string with no UTF-8 form: the event could not be
+        # encoded, and the delivery would be answered 503 on every retry.
+        return None, "body has an unpaired surrogate"
+    if len(event_type.encode()) > MAX_ATTRIBUTE_BYTES:  # `event_type` is an attribute
+        return None, f"body 'type' is longer than {MAX_ATTRIBUTE_BYTES} bytes"
     return envelope, ""
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value
+
+
+def _encodable(envelope: dict[str, Any]) -> bool:
+    try:
+        json.dumps(envelope, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _cloudevent(

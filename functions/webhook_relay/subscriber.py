@@ -21,7 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -127,7 +127,7 @@ def parse_event(message: _Message | bytes | bytearray | memoryview | Any) -> Rel
     missing = [name for name in _EVENT_FIELDS if name not in payload]
     if missing:
         raise NotARelayEvent(f"CloudEvent data is missing {', '.join(missing)}")
-    checks = {
+    checks: dict[str, Callable[[Any], bool]] = {
         "kind": lambda value: isinstance(value, str),
         "outcome": lambda value: isinstance(value, str),
         "terminal": lambda value: isinstance(value, bool),

@@ -97,7 +97,7 @@ class Stack:
     def subscribe(self, topic: str) -> str:
         """A new subscription: it sees only what is published from now on."""
         name = f"{topic}-{time.monotonic_ns()}"
-        path = self.subscriber.subscription_path(PROJECT, name)
+        path = f"projects/{PROJECT}/subscriptions/{name}"
         self.subscriber.create_subscription(
             name=path, topic=self.publisher.topic_path(PROJECT, topic)
         )
@@ -207,9 +207,9 @@ class RelayServer:
     def _send(request: urllib.request.Request) -> Answer:
         try:
             with urllib.request.urlopen(request, timeout=20) as response:
-                return Answer(response.status, json.loads(response.read()), response.headers)
+                return Answer(response.status, json.loads(response.read()), dict(response.headers))
         except urllib.error.HTTPError as error:
-            return Answer(error.code, json.loads(error.read()), error.headers)
+            return Answer(error.code, json.loads(error.read()), dict(error.headers))
 
     def log_lines(self) -> list[dict[str, Any]]:
         lines = []

@@ -9,16 +9,18 @@ could never be published shows up here instead of in production.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import math
 import time
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
 import flask
+import werkzeug.routing
 from flask.testing import FlaskClient
 
 from webhook_relay.claim import Claimed, ClaimResult, Duplicate, InFlight
@@ -32,7 +34,6 @@ from webhook_relay.verify import Delivery, Verifier
 from .signing import JwksServer, RsaKey
 
 PROJECT = "test-project"
-ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 # Pub/Sub's documented limits (https://cloud.google.com/pubsub/quotas#resource_limits).
 PUBSUB_MAX_DATA_BYTES = 10_000_000
 PUBSUB_MAX_ATTRIBUTES = 100
@@ -205,14 +206,12 @@ class InProcessPipeline:
 
 
 def build_app(pipeline: InProcessPipeline) -> flask.Flask:
-    """One route, every method, straight into `handle`, as functions-framework does it."""
+    """`/` routed for every method, even made-up ones, into `handle`: functions-framework
+    mounts an HTTP function the same way (a werkzeug Rule without `methods`)."""
     app = flask.Flask("webhook_relay_under_test")
     app.testing = True  # an exception escaping handle() fails the test instead of a 500
-
-    @app.route("/", methods=ALL_METHODS)
-    def receive() -> flask.Response:
-        return handle(flask.request, pipeline)
-
+    app.url_map.add(werkzeug.routing.Rule("/", endpoint="receive"))
+    app.view_functions["receive"] = lambda: handle(flask.request, pipeline)
     return app
 
 
@@ -222,15 +221,14 @@ def rsa_key(name: str) -> RsaKey:
     return RsaKey(kid=f"kid-{name}")
 
 
-_RUNNING: list[AbstractContextManager[JwksServer]] = []
-
-
 @functools.cache
 def _shared_jwks_server() -> JwksServer:
     server = JwksServer()
-    running = server.running()
-    running.__enter__()  # a daemon thread for the rest of the run
-    _RUNNING.append(running)  # unreferenced, the generator would be closed: server shut down
+    running = ExitStack()
+    running.enter_context(server.running())  # a daemon thread serving for the rest of the run
+    # Stopped while the interpreter still runs threads: left to garbage collection at exit,
+    # its shutdown() would wait forever on a serving thread that is already frozen.
+    atexit.register(running.close)
     return server
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+from google.api_core import exceptions
 
 from ..errors import ConfigError
 from ..routing import DEFAULT_TOPIC_PREFIX, Routes, parse_routes
@@ -64,9 +67,20 @@ def pubsub_target(project: str | None, state_dir: Path) -> PubSubTarget:
             fail("no project: pass --project or set GOOGLE_CLOUD_PROJECT")
         chosen = DEFAULT_PROJECT
     if host:
+        if not emulator_answers(host):
+            fail(f"no Pub/Sub emulator answers at {host} (PUBSUB_EMULATOR_HOST or the dev state)")
         # The client libraries read it when a client is made.
         os.environ["PUBSUB_EMULATOR_HOST"] = host
     return PubSubTarget(chosen, host, state)
+
+
+def emulator_answers(host: str) -> bool:
+    """An emulator answers 200 on `/` (a quick check before gRPC retries for seconds)."""
+    try:
+        with urllib.request.urlopen(f"http://{host}/", timeout=2) as answer:
+            return bool(answer.status == 200)
+    except (OSError, urllib.error.URLError, ValueError):
+        return False
 
 
 def routes_for(
@@ -101,8 +115,6 @@ def api_error(error: BaseException) -> str:
 
 def topic_of(client: Any, target: PubSubTarget, name: str) -> str:
     """The topic id a subscription is attached to; one clear line if it cannot be read."""
-    from google.api_core import exceptions
-
     try:
         subscription = client.get_subscription(
             subscription=target.subscription_path(name), timeout=CALL_SECONDS

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+from google.api_core import exceptions
+from google.cloud import pubsub_v1
 
 from ..normalize import QUARANTINED
 from ..routing import Routes
@@ -41,7 +43,8 @@ class _Tally:
 @click.option("--project", help="Default: the dev project, else GOOGLE_CLOUD_PROJECT.")
 @click.option(
     "--prefix",
-    help="Topic prefix of the routing table. Default: RELAY_TOPIC_PREFIX, else dev's, else gemini-.",
+    help="Topic prefix of the routing table. "
+    "Default: RELAY_TOPIC_PREFIX, else dev's, else gemini-.",
 )
 @click.option(
     "--routes",
@@ -54,7 +57,7 @@ class _Tally:
 @click.option(
     "--wait",
     type=click.FloatRange(0.5, 60),
-    default=5.0,
+    default=3.0,
     show_default=True,
     help="Seconds an empty pull waits before the subscription counts as empty.",
 )
@@ -84,8 +87,6 @@ def redrive(
     """
     target = pubsub_target(project, state_dir)
     routes = routes_for(prefix, routes_json, target.state)
-    from google.cloud import pubsub_v1
-
     subscriber = pubsub_v1.SubscriberClient()
     publisher = pubsub_v1.PublisherClient()
     try:
@@ -122,8 +123,6 @@ def _redrive(
     dry_run: bool,
     wait: float,
 ) -> _Tally:
-    from google.api_core import exceptions
-
     path = target.subscription_path(subscription)
     tally = _Tally()
     handled: set[str] = set()
@@ -171,7 +170,7 @@ def _route_batch(
     for item in items:
         message = item.message
         attributes = dict(message.attributes)
-        name = attributes.get("webhook_id") or message.message_id
+        name = attributes.get("webhook_id") or f"message {message.message_id}"
         event_type = _event_type(message, attributes)
         if event_type is None:
             _leave(subscriber, path, item, tally, f"{name}  not a relay event: nowhere to route it")
@@ -194,7 +193,8 @@ def _route_batch(
             tally.failed += 1
             _hold(subscriber, path, item, tally)
             click.echo(
-                "failed " + click.style(f"{name}  {event_type} → {topic}", fg="red")
+                "failed "
+                + click.style(f"{name}  {event_type} → {topic}", fg="red")
                 + f": {api_error(error)}"
             )
             continue

@@ -183,8 +183,16 @@ def send(
         if not answer.ok:
             failed.append(answer)
     if failed:
-        count = f" ({len(failed)} of {duplicates + 1} deliveries failed)" if duplicates else ""
-        fail(f"final answer {failed[-1].describe()}{count}")
+        last = failed[-1]
+        tries = f"after {retries + 1} attempt{'s' if retries else ''}"
+        summary = (
+            f"no answer {tries}: {last.problem}"
+            if last.code is None
+            else f"final answer {last.describe()} ({tries})"
+        )
+        if duplicates:
+            summary += f"; {len(failed)} of {duplicates + 1} deliveries failed"
+        fail(summary)
 
 
 def _url(url: str | None, state: dev_state.DevState | None) -> str:
@@ -223,7 +231,9 @@ def _body(
     event_type = DEFAULT_TYPE if event_type is None else event_type.strip()
     override = _data_override(data_json)
     if event_type in EVENT_TYPES:
-        data = sample_data(event_type)
+        # The sample's links follow a given job id: --data '{"id": "batch_1"}' is enough.
+        given_id = (override or {}).get("id")
+        data = sample_data(event_type, given_id if isinstance(given_id, str) else None)
     elif override is None:
         fail(
             f"unknown event type {event_type!r} (known: {', '.join(EVENT_TYPES)}); "

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -19,6 +20,7 @@ DEFAULT_STATE_DIR = ".webhook-relay"
 STATE_ENV = "WEBHOOK_RELAY_STATE"
 STATE_FILE = "state.json"
 KEY_FILE = "jwt-private-key.pem"
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ class DevState:
         return pid is not None and process_alive(pid)
 
 
-def state_dir_option() -> Any:
+def state_dir_option() -> Callable[[F], F]:
     """`--state-dir`, shared by every command."""
     return click.option(
         "--state-dir",

@@ -9,15 +9,27 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
+from google.api_core import exceptions
+from google.cloud import pubsub_v1
 
 from ..subscriber import NotARelayEvent, RelayEvent, parse_event
 from . import state as dev_state
-from ._common import CALL_SECONDS, PubSubTarget, api_error, fail, note, pubsub_target, routes_for, topic_of
+from ._common import (
+    CALL_SECONDS,
+    PubSubTarget,
+    api_error,
+    fail,
+    note,
+    pubsub_target,
+    routes_for,
+    topic_of,
+)
 
 DEV_SUFFIX = "-dev"
 IDLE_POLL_SECONDS = 0.25
@@ -71,10 +83,10 @@ def tail(
       webhook-relay tail --json --count 1 --timeout 30
       webhook-relay tail --subscription gemini-batch-dev
     """
+    # Polling with return_immediately is what keeps a run deterministic (see the module).
+    warnings.filterwarnings("ignore", "The return_immediately flag", DeprecationWarning)
     target = pubsub_target(project, state_dir)
     names = list(subscriptions) or _default_subscriptions(target)
-    from google.cloud import pubsub_v1
-
     client = pubsub_v1.SubscriberClient()
     try:
         topics = {name: topic_of(client, target, name) for name in names}
@@ -104,10 +116,9 @@ def _tail(
     count: int | None,
     timeout: float | None,
 ) -> int:
-    from google.api_core import exceptions
-
     seen = 0
     last_event = time.monotonic()
+    path, unprinted = "", []  # pulled, not yet printed: handed back if we stop early
     try:
         while count is None or seen < count:
             got_any = False
@@ -130,15 +141,16 @@ def _tail(
                     continue
                 except exceptions.GoogleAPIError as error:
                     fail(f"pull from {name} failed: {api_error(error)}")
-                received = list(response.received_messages)
-                for position, item in enumerate(received):
-                    if count is not None and seen >= count:
-                        _hand_back(client, path, received[position:])
-                        break
+                unprinted = list(response.received_messages)
+                while unprinted and (count is None or seen < count):
+                    item = unprinted[0]
                     if _show(item.message, topic, name, as_json):
                         seen += 1
                         got_any = True
                     client.acknowledge(request={"subscription": path, "ack_ids": [item.ack_id]})
+                    unprinted.pop(0)
+                _hand_back(client, path, unprinted)
+                unprinted = []
             if got_any:
                 last_event = time.monotonic()
             elif timeout is not None and time.monotonic() - last_event >= timeout:
@@ -146,6 +158,7 @@ def _tail(
             else:
                 time.sleep(IDLE_POLL_SECONDS)
     except KeyboardInterrupt:
+        _hand_back(client, path, unprinted)
         note("stopped")
     return seen
 

@@ -1,0 +1,435 @@
+"""Rows 3 and 5: deliveries through the served function against the emulators, next to a
+floor that does the same Firestore and Pub/Sub calls with the raw clients and no HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import resource
+import secrets
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from google.api_core import exceptions as api_exceptions
+from google.cloud import firestore
+from google.cloud.pubsub_v1 import PublisherClient
+from google.cloud.pubsub_v1.types import BatchSettings
+
+from bench.micro import envelope
+from bench.table import Row, Spread, quantile, ratio_of_rounds, times
+from tests.integration.harness import PROJECT, RelayServer, Stack, emulator_env
+from tests.support.signing import headers_v1
+from webhook_relay.claim import CLAIMED, PUBLISHED, TTL_FIELD, document_id
+from webhook_relay.normalize import normalize
+
+COLLECTION = "webhook_deliveries"  # the relay's default
+TOPIC = "gemini-batch"  # where the relay routes batch.succeeded
+CONCURRENCIES = (1, 8, 32)
+SERVER_THREADS = 4 * (os.cpu_count() or 1)  # functions-framework's default
+LEASE = timedelta(seconds=30)
+TTL = timedelta(hours=72)
+MEMORY_CHECKPOINTS = (100, 1_000, 2_500, 5_000, 7_500, 10_000)
+
+
+@dataclass(frozen=True)
+class Signed:
+    """One delivery as Gemini sends it, plus what the floor needs to do the same work."""
+
+    webhook_id: str
+    body: bytes
+    headers: dict[str, str]
+    data: bytes
+    attributes: dict[str, str]
+
+
+def sign(secret: str, count: int) -> list[Signed]:
+    deliveries = []
+    for _ in range(count):
+        body = envelope(300)
+        headers = headers_v1(secret, body, webhook_id="msg_" + secrets.token_hex(12))
+        webhook_id = headers["webhook-id"]
+        event = normalize(webhook_id, int(headers["webhook-timestamp"]), body, "hmac")
+        deliveries.append(Signed(webhook_id, body, headers, event.data(), event.attributes()))
+    return deliveries
+
+
+@dataclass
+class Run:
+    seconds: float
+    latencies: list[float]
+    statuses: Counter[str]
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.seconds
+
+
+Worker = Callable[[Signed], str]
+
+
+def drive(items: Sequence[Signed], concurrency: int, new_worker: Callable[[], Worker]) -> Run:
+    """`concurrency` threads share the items; the clock runs from all-ready to all-done."""
+    queue: Iterator[Signed] = iter(items)  # next() on a list iterator is atomic in CPython
+    latencies: list[float] = []
+    statuses: list[str] = []
+    errors: list[BaseException] = []
+    ready = threading.Barrier(concurrency + 1)
+
+    def work() -> None:
+        try:
+            worker = new_worker()
+        except BaseException as error:
+            errors.append(error)
+            ready.abort()
+            return
+        try:
+            ready.wait()
+            for item in queue:
+                started = time.perf_counter()
+                status = worker(item)
+                latencies.append(time.perf_counter() - started)
+                statuses.append(status)
+        except BaseException as error:
+            errors.append(error)
+        finally:
+            close = getattr(worker, "close", None)
+            if close is not None:
+                close()
+
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    with contextlib.suppress(threading.BrokenBarrierError):  # a worker failed: see errors
+        ready.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - started
+    if errors:
+        raise RuntimeError(f"{len(errors)} worker(s) failed") from errors[0]
+    return Run(seconds, latencies, Counter(statuses))
+
+
+class HttpWorker:
+    """A keep-alive connection to the relay, as a load balancer would hold."""
+
+    def __init__(self, port: int) -> None:
+        self._connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        self._connection.connect()
+
+    def __call__(self, item: Signed) -> str:
+        self._connection.request("POST", "/", body=item.body, headers=item.headers)
+        response = self._connection.getresponse()
+        answer = json.loads(response.read())
+        return str(answer["status"])
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+class Floor:
+    """The relay's storage and publish calls, made directly: create the claim, publish and
+    wait for Pub/Sub's confirmation, mark the record published. Same batch settings as the
+    relay's publisher (one message per request, no batching delay)."""
+
+    def __init__(self, stack: Stack) -> None:
+        with emulator_env(stack.firestore_emulator.host, stack.pubsub_emulator.host):
+            self._db = firestore.Client(project=PROJECT)
+            self._publisher = PublisherClient(
+                batch_settings=BatchSettings(max_messages=1, max_latency=0.0)
+            )
+        self._collection = self._db.collection(COLLECTION)
+        self._topic = self._publisher.topic_path(PROJECT, TOPIC)
+
+    def _ref(self, item: Signed) -> firestore.DocumentReference:
+        return self._collection.document(document_id("floor-" + item.webhook_id))
+
+    def deliver(self, item: Signed) -> str:
+        ref = self._ref(item)
+        now = datetime.now(UTC)
+        ref.create(
+            {
+                "webhook_id": item.webhook_id,
+                "state": CLAIMED,
+                "lease_until": now + LEASE,
+                "attempts": 1,
+                "event_type": item.attributes["event_type"],
+                "subject": item.attributes.get("subject"),
+                "topic": None,
+                "message_id": None,
+                "first_seen_at": now,
+                "published_at": None,
+                TTL_FIELD: now + TTL,
+            }
+        )
+        message_id = self._publisher.publish(self._topic, item.data, **item.attributes).result()
+        now = datetime.now(UTC)
+        ref.update(
+            {
+                "state": PUBLISHED,
+                "topic": TOPIC,
+                "message_id": message_id,
+                "published_at": now,
+                TTL_FIELD: now + TTL,
+            }
+        )
+        return "accepted"
+
+    def duplicate(self, item: Signed) -> str:
+        ref = self._ref(item)
+        try:
+            ref.create({"webhook_id": item.webhook_id, "state": CLAIMED})
+        except api_exceptions.AlreadyExists:
+            snapshot = ref.get()
+            return "duplicate" if snapshot.get("state") == PUBLISHED else "other"
+        return "created"
+
+    def close(self) -> None:
+        self._publisher.stop()
+        self._db.close()  # type: ignore[no-untyped-call]
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    found = [pid]
+    for child in children(pid):
+        found += descendants(child)
+    return found
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system time of these processes (all their threads), from /proc."""
+    ticks = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Meter:
+    """CPU used so far by the relay's worker, this process (client or floor), the emulators."""
+
+    worker: int
+    emulators: tuple[int, ...]
+
+    @classmethod
+    def of(cls, stack: Stack, relay: Served) -> Meter:
+        (worker,) = children(relay.pid)
+        emulators = [stack.firestore_emulator.pid, stack.pubsub_emulator.pid]
+        return cls(worker, tuple(p for pid in emulators if pid for p in descendants(pid)))
+
+    def read(self) -> tuple[float, float, float]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        own = usage.ru_utime + usage.ru_stime
+        return cpu_seconds([self.worker]), own, cpu_seconds(self.emulators)
+
+
+@dataclass
+class Cell:
+    """One side of one row: every round's run, and the CPU it took."""
+
+    runs: list[Run] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+
+    def measure(
+        self,
+        meter: Meter,
+        items: Sequence[Signed],
+        concurrency: int,
+        new_worker: Callable[[], Worker],
+    ) -> None:
+        before = meter.read()
+        self.runs.append(drive(items, concurrency, new_worker))
+        for index, (start, end) in enumerate(zip(before, meter.read(), strict=True)):
+            self.cpu[index] += end - start
+
+    def rates(self) -> list[float]:
+        return [run.rate for run in self.runs]
+
+    def latencies(self) -> list[float]:
+        return [latency for run in self.runs for latency in run.latencies]
+
+    def statuses(self) -> Counter[str]:
+        total: Counter[str] = Counter()
+        for run in self.runs:
+            total.update(run.statuses)
+        return total
+
+    def cpu_ms(self) -> tuple[float, float, float]:
+        """CPU milliseconds per delivery: relay worker, this process, emulators."""
+        count = len(self.latencies())
+        worker, own, emulators = (seconds * 1000 / count for seconds in self.cpu)
+        return worker, own, emulators
+
+    def show(self) -> str:
+        latencies = self.latencies()
+        return (
+            f"{Spread.of(self.rates()).show('/s')}; "
+            f"p50 {quantile(latencies, 0.5) * 1000:.1f} ms, "
+            f"p99 {quantile(latencies, 0.99) * 1000:.1f} ms"
+        )
+
+
+def _cpu_note(ours: Cell, floor: Cell) -> str:
+    worker, client, our_emulators = ours.cpu_ms()
+    _, floor_own, floor_emulators = floor.cpu_ms()
+    return (
+        f" CPU ms per delivery: ours {worker:.2f} (served function) + {client:.2f} "
+        f"(HTTP client), floor {floor_own:.2f}; emulators {our_emulators:.2f} vs "
+        f"{floor_emulators:.2f}."
+    )
+
+
+def _unexpected(cell: Cell, expected: str) -> str:
+    others = {status: n for status, n in cell.statuses().items() if status != expected}
+    return f" Unexpected answers: {others}." if others else ""
+
+
+def throughput_rows(
+    stack: Stack, relay: Served, secret: str, per_cell: int, rounds: int, warm_up: int
+) -> list[Row]:
+    """Row 3: new deliveries, then the same again (duplicates), at each concurrency.
+
+    Rounds alternate the order (ours, floor; floor, ours; …), so a drift of the machine
+    or the emulators (the JVM warms up for a long time) does not favour one side."""
+    floor = Floor(stack)
+    meter = Meter.of(stack, relay)
+    rows: list[Row] = []
+
+    def post() -> Worker:
+        return HttpWorker(relay.port)
+
+    try:
+        # Warm both sides: connections, channels, the relay's lazily made clients, the JVMs.
+        drive(sign(secret, warm_up), 8, post)
+        drive(sign(secret, warm_up), 8, lambda: floor.deliver)
+        for concurrency in CONCURRENCIES:
+            # At least five waves of requests a round, so start and end effects stay small.
+            size = max(per_cell // rounds, 5 * concurrency)
+            count = max(2, per_cell // size)
+            fresh = {"ours": Cell(), "floor": Cell()}
+            dups = {"ours": Cell(), "floor": Cell()}
+            for index in range(count):
+                batch = sign(secret, size)
+                order: list[tuple[str, Callable[[], Worker], Callable[[], Worker]]] = [
+                    ("ours", post, post),
+                    ("floor", lambda: floor.deliver, lambda: floor.duplicate),
+                ]
+                for side, new, again in order if index % 2 == 0 else order[::-1]:
+                    fresh[side].measure(meter, batch, concurrency, new)
+                    dups[side].measure(meter, batch, concurrency, again)
+            ratio = ratio_of_rounds(fresh["ours"].rates(), fresh["floor"].rates())
+            rows.append(
+                Row(
+                    "3",
+                    f"end to end, new deliveries, concurrency {concurrency}",
+                    fresh["ours"].show(),
+                    fresh["floor"].show(),
+                    times(ratio, 2),
+                    "≥ 0.8",
+                    ratio >= 0.8,
+                    f"{size * count} deliveries a side in {count} rounds; keep-alive HTTP "
+                    "client threads in the bench process, served by gunicorn's 1 worker with "
+                    f"{SERVER_THREADS} threads; floor: create, publish + result(), update with "
+                    "the raw clients in as many threads as the concurrency."
+                    + _cpu_note(fresh["ours"], fresh["floor"])
+                    + _unexpected(fresh["ours"], "accepted"),
+                )
+            )
+            dup_ratio = ratio_of_rounds(dups["ours"].rates(), dups["floor"].rates())
+            rows.append(
+                Row(
+                    "3",
+                    f"end to end, duplicates only, concurrency {concurrency}",
+                    dups["ours"].show(),
+                    dups["floor"].show(),
+                    times(dup_ratio, 2),
+                    "—",
+                    None,
+                    "each round's deliveries again, right after them: every answer "
+                    "`duplicate`; floor: create (AlreadyExists) then get."
+                    + _cpu_note(dups["ours"], dups["floor"])
+                    + _unexpected(dups["ours"], "duplicate"),
+                )
+            )
+    finally:
+        floor.close()
+    return rows
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def memory_row(server: Served, secret: str, checkpoints: Sequence[int] = MEMORY_CHECKPOINTS) -> Row:
+    """Row 5: the gunicorn worker's resident size as deliveries accumulate."""
+    (worker,) = children(server.pid)
+    samples: dict[int, int] = {}
+    sent = 0
+    started = time.perf_counter()
+    statuses: Counter[str] = Counter()
+    for checkpoint in checkpoints:
+        run = drive(sign(secret, checkpoint - sent), 8, lambda: HttpWorker(server.port))
+        statuses.update(run.statuses)
+        sent = checkpoint
+        samples[checkpoint] = rss_kib(worker)
+    seconds = time.perf_counter() - started
+    first, last = samples[checkpoints[0]], samples[checkpoints[-1]]
+    warm = samples[checkpoints[1]]
+    growth = (last - first) / 1024
+    late = (last - warm) / 1024
+    # Noise: a few MiB of allocator slack; sustained growth would show over the last 9,000.
+    met = late <= max(2.0, 0.03 * warm / 1024)
+    trail = ", ".join(f"{n:,}: {kib / 1024:.1f}" for n, kib in samples.items())
+    others = {status: n for status, n in statuses.items() if status != "accepted"}
+    return Row(
+        "5",
+        f"RSS of the serving process (gunicorn worker), {checkpoints[-1]:,} vs "
+        f"{checkpoints[0]:,} deliveries",
+        f"{last / 1024:.1f} MiB after {checkpoints[-1]:,}",
+        f"{first / 1024:.1f} MiB after {checkpoints[0]:,}",
+        f"{growth:+.1f} MiB ({(last / first - 1) * 100:+.1f}%); "
+        f"{late:+.1f} MiB from {checkpoints[1]:,} to {checkpoints[-1]:,}",
+        "no growth beyond noise",
+        met,
+        f"MiB after n deliveries: {trail}. HMAC, 300 B bodies, concurrency 8, unique ids; "
+        f"{checkpoints[-1]:,} took {seconds:.0f} s ({checkpoints[-1] / seconds:.0f}/s). "
+        f"Met: ≤ max(2 MiB, 3%) growth from {checkpoints[1]:,} (warm) to {checkpoints[-1]:,}."
+        + (f" Unexpected answers: {others}." if others else ""),
+    )
+
+
+class Served(RelayServer):
+    """The relay as the tests serve it, plus what a benchmark needs: its pid and a clean-up."""
+
+    def __init__(self, stack: Stack, secret: str) -> None:
+        super().__init__({**stack.env(), "WEBHOOK_SIGNING_SECRETS": secret})
+
+    @property
+    def pid(self) -> int:
+        process = self._process
+        if process is None:
+            raise RuntimeError("not started")
+        return process.pid
+
+    def stop(self) -> None:
+        super().stop()
+        self.log.unlink(missing_ok=True)

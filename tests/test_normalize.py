@@ -1,0 +1,343 @@
+"""A verified envelope -> the contract's CloudEvent, data and attributes."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+
+from tests.support.fakes import check_publishable
+from webhook_relay.normalize import QUARANTINED, SOURCE, Event, normalize
+
+WEBHOOK_ID = "msg_2Lh5"
+TIMESTAMP = 1_777_888_999  # 2026-05-04T10:03:19Z
+TIMESTAMP_RFC3339 = "2026-05-04T10:03:19Z"
+ENVELOPE_TIME = "2026-05-04T10:00:00.123Z"
+
+
+def event_for(envelope: Any, signature: str = "hmac") -> Event:
+    return normalize(WEBHOOK_ID, TIMESTAMP, json.dumps(envelope).encode(), signature)
+
+
+def envelope(event_type: str, data: Any = None, **top: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": event_type, "version": "v1", "timestamp": ENVELOPE_TIME}
+    if data is not None:
+        body["data"] = data
+    return body | top
+
+
+CATALOG = [
+    # type, data, kind, outcome, terminal, output_uri, file_name, error
+    (
+        "batch.succeeded",
+        {"id": "batch_1", "output_file_uri": "gs://b/results.jsonl"},
+        "batch",
+        "succeeded",
+        True,
+        "gs://b/results.jsonl",
+        None,
+        None,
+    ),
+    (
+        "batch.failed",
+        {"id": "batch_1", "error_code": "INVALID_ARGUMENT", "error_message": "bad line 3"},
+        "batch",
+        "failed",
+        True,
+        None,
+        None,
+        {"code": "INVALID_ARGUMENT", "message": "bad line 3"},
+    ),
+    ("batch.expired", {"id": "batch_1"}, "batch", "expired", True, None, None, None),
+    ("batch.cancelled", {"id": "batch_1"}, "batch", "cancelled", True, None, None, None),
+    (
+        "interaction.requires_action",
+        {"id": "int_1"},
+        "interaction",
+        "requires_action",
+        False,
+        None,
+        None,
+        None,
+    ),
+    ("interaction.completed", {"id": "int_1"}, "interaction", "completed", True, None, None, None),
+    (
+        "interaction.failed",
+        {"id": "int_1", "error_code": 13, "error_message": "internal"},
+        "interaction",
+        "failed",
+        True,
+        None,
+        None,
+        {"code": 13, "message": "internal"},
+    ),
+    ("interaction.cancelled", {"id": "int_1"}, "interaction", "cancelled", True, None, None, None),
+    (
+        "video.generated",
+        {"id": "vid_1", "output_file_uri": "gs://b/v.mp4", "file_name": "files/v"},
+        "video",
+        "generated",
+        True,
+        "gs://b/v.mp4",
+        "files/v",
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("event_type", "data", "kind", "outcome", "terminal", "output_uri", "file_name", "error"),
+    CATALOG,
+    ids=[row[0] for row in CATALOG],
+)
+def test_catalog_type(
+    event_type: str,
+    data: dict[str, Any],
+    kind: str,
+    outcome: str,
+    terminal: bool,
+    output_uri: str | None,
+    file_name: str | None,
+    error: dict[str, Any] | None,
+) -> None:
+    delivered = envelope(event_type, data)
+    event = event_for(delivered)
+    assert event.cloudevent == {
+        "specversion": "1.0",
+        "id": WEBHOOK_ID,
+        "source": SOURCE,
+        "type": event_type,
+        "subject": data["id"],
+        "time": ENVELOPE_TIME,
+        "datacontenttype": "application/json",
+        "signature": "hmac",
+        "data": {
+            "kind": kind,
+            "outcome": outcome,
+            "terminal": terminal,
+            "job_id": data["id"],
+            "output_uri": output_uri,
+            "file_name": file_name,
+            "error": error,
+            "user_metadata": None,
+            "gemini": delivered,
+        },
+    }
+    assert not event.quarantined
+
+
+def test_video_uri_is_an_alias_of_output_file_uri() -> None:
+    event = event_for(envelope("video.generated", {"id": "v", "video_uri": "gs://b/v.mp4"}))
+    assert event.cloudevent["data"]["output_uri"] == "gs://b/v.mp4"
+
+
+def test_output_file_uri_wins_over_video_uri() -> None:
+    data = {"id": "v", "output_file_uri": "gs://b/a.mp4", "video_uri": "gs://b/b.mp4"}
+    assert event_for(envelope("video.generated", data)).cloudevent["data"]["output_uri"] == (
+        "gs://b/a.mp4"
+    )
+
+
+def test_inline_batch_has_null_output_uri() -> None:
+    assert (
+        event_for(envelope("batch.succeeded", {"id": "b"})).cloudevent["data"]["output_uri"] is None
+    )
+
+
+def test_nested_error_object_is_carried() -> None:
+    data = {"id": "b", "error": {"code": 3, "message": "x", "details": []}}
+    assert event_for(envelope("batch.failed", data)).cloudevent["data"]["error"] == {
+        "code": 3,
+        "message": "x",
+    }
+
+
+def test_user_metadata_at_top_level() -> None:
+    delivered = envelope("batch.succeeded", {"id": "b"}, user_metadata={"order": 7})
+    assert event_for(delivered).cloudevent["data"]["user_metadata"] == {"order": 7}
+
+
+def test_user_metadata_in_data() -> None:
+    delivered = envelope("batch.succeeded", {"id": "b", "user_metadata": {"order": 8}})
+    assert event_for(delivered).cloudevent["data"]["user_metadata"] == {"order": 8}
+
+
+def test_gemini_is_the_envelope_verbatim_with_unknown_fields() -> None:
+    delivered = envelope("batch.succeeded", {"id": "b", "new_field": [1, {"x": None}]}, extra=True)
+    assert event_for(delivered).cloudevent["data"]["gemini"] == delivered
+
+
+def test_unknown_type_is_other_outcome_after_last_dot_and_terminal() -> None:
+    data = event_for(envelope("tuning.job.succeeded", {"id": "t"})).cloudevent["data"]
+    assert (data["kind"], data["outcome"], data["terminal"]) == ("other", "succeeded", True)
+
+
+def test_type_without_dot_is_other_with_itself_as_outcome() -> None:
+    data = event_for(envelope("ping")).cloudevent["data"]
+    assert (data["kind"], data["outcome"], data["terminal"]) == ("other", "ping", True)
+
+
+def test_numeric_id_becomes_a_string_subject() -> None:
+    event = event_for(envelope("batch.succeeded", {"id": 123}))
+    assert (event.subject, event.cloudevent["data"]["job_id"]) == ("123", "123")
+
+
+def test_no_id_means_no_subject() -> None:
+    event = event_for(envelope("batch.succeeded", {"output_file_uri": "gs://b/r"}))
+    assert event.subject is None
+    assert "subject" not in event.cloudevent
+    assert "subject" not in event.attributes()
+
+
+def test_data_not_an_object_is_not_quarantined() -> None:
+    event = event_for(envelope("batch.succeeded", ["not", "an", "object"]))
+    assert not event.quarantined
+    assert event.cloudevent["data"]["job_id"] is None
+
+
+# --- time ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value", ["2026-05-04T10:00:00Z", "2026-05-04T10:00:00.123456789Z", "2026-05-04T12:00:00+02:00"]
+)
+def test_rfc3339_envelope_timestamp_is_kept(value: str) -> None:
+    assert event_for(envelope("batch.succeeded", timestamp=value)).cloudevent["time"] == value
+
+
+def test_iso_timestamp_with_offset_is_made_rfc3339() -> None:
+    event = event_for(envelope("batch.succeeded", timestamp="20260504T120000+0200"))
+    assert event.cloudevent["time"] == "2026-05-04T10:00:00Z"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(None, id="missing"),
+        pytest.param("yesterday", id="not-a-date"),
+        pytest.param("2026-05-04T10:00:00", id="no-offset"),
+        pytest.param("2026-13-40T10:00:00Z", id="impossible-date"),
+        pytest.param(1_777_888_000, id="number"),
+    ],
+)
+def test_missing_or_invalid_envelope_timestamp_falls_back_to_webhook_timestamp(value: Any) -> None:
+    delivered = envelope("batch.succeeded")
+    if value is not None:
+        delivered["timestamp"] = value
+    else:
+        del delivered["timestamp"]
+    assert event_for(delivered).cloudevent["time"] == TIMESTAMP_RFC3339
+
+
+# --- attributes ----------------------------------------------------------------------------
+
+
+def test_attributes() -> None:
+    event = event_for(envelope("batch.succeeded", {"id": "batch_1"}), signature="jwt")
+    assert event.attributes() == {
+        "event_type": "batch.succeeded",
+        "webhook_id": WEBHOOK_ID,
+        "subject": "batch_1",
+        "signature": "jwt",
+    }
+
+
+def test_data_is_compact_utf8_json_of_the_cloudevent() -> None:
+    event = event_for(envelope("batch.succeeded", {"id": "bätch"}))
+    assert json.loads(event.data().decode("utf-8")) == event.cloudevent
+    assert "bätch".encode() in event.data()
+
+
+# --- quarantine ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        pytest.param(b"", "empty body", id="empty"),
+        pytest.param(b"not json", "body is not JSON", id="not-json"),
+        pytest.param(b"\xff\xfe{", "body is not JSON", id="not-utf8"),
+        pytest.param(b"[1, 2]", "body is not a JSON object", id="array"),
+        pytest.param(b'"batch.succeeded"', "body is not a JSON object", id="string"),
+        pytest.param(b'{"data": {}}', "body has no string 'type'", id="no-type"),
+        pytest.param(b'{"type": 5}', "body has no string 'type'", id="numeric-type"),
+        pytest.param(b'{"type": "  "}', "body has no string 'type'", id="blank-type"),
+        pytest.param(b"[" * 100_000, "body is not JSON", id="hostile-nesting"),
+    ],
+)
+def test_unreadable_body_is_quarantined(body: bytes, reason: str) -> None:
+    event = normalize(WEBHOOK_ID, TIMESTAMP, body, "hmac")
+    assert event.quarantined
+    assert event.cloudevent == {
+        "specversion": "1.0",
+        "id": WEBHOOK_ID,
+        "source": SOURCE,
+        "type": QUARANTINED,
+        "time": TIMESTAMP_RFC3339,
+        "datacontenttype": "application/json",
+        "signature": "hmac",
+        "data": {"reason": reason, "body_base64": base64.b64encode(body).decode()},
+    }
+    assert event.attributes() == {
+        "event_type": QUARANTINED,
+        "webhook_id": WEBHOOK_ID,
+        "signature": "hmac",
+    }
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b'{"type": "batch.succeeded", "data": {"x": NaN}}', id="nan"),
+        pytest.param(b'{"type": "batch.succeeded", "data": {"x": -Infinity}}', id="infinity"),
+        pytest.param(b'{"type": "batch.succeeded", "data": {"x": 1e999}}', id="overflowing-float"),
+    ],
+)
+def test_body_with_non_json_numbers_is_quarantined(body: bytes) -> None:
+    # Python's json reads NaN and Infinity, but they are not JSON: republished as they are,
+    # subscribers' JSON parsers would refuse the event.
+    event = normalize(WEBHOOK_ID, TIMESTAMP, body, "hmac")
+    assert event.quarantined
+    check_publishable(event.data(), event.attributes())
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b'{"type": "batch.\\ud800"}', id="in-type"),
+        pytest.param(b'{"type": "batch.succeeded", "data": {"id": "\\udfff"}}', id="in-subject"),
+        pytest.param(b'{"type": "batch.succeeded", "data": {"x": "\\ud800"}}', id="in-data"),
+        pytest.param(b'{"type": "batch.succeeded", "x": "\xed\xa0\x80"}', id="raw-utf8-bytes"),
+        pytest.param(
+            '{"type": "batch.x", "y": "\ud800"}'.encode("utf-16-le", "surrogatepass"), id="utf-16"
+        ),
+    ],
+)
+def test_body_with_unpaired_surrogate_is_quarantined(body: bytes) -> None:
+    # `"\ud800"` parses to a string that has no UTF-8 form: the event could never be encoded,
+    # and the delivery would get 503 for every retry.
+    event = normalize(WEBHOOK_ID, TIMESTAMP, body, "hmac")
+    assert event.quarantined
+    check_publishable(event.data(), event.attributes())
+
+
+def test_paired_surrogate_escapes_are_not_quarantined() -> None:
+    event = normalize(WEBHOOK_ID, TIMESTAMP, b'{"type": "batch.\\ud83d\\ude00"}', "hmac")
+    assert not event.quarantined
+    assert event.type == "batch.\U0001f600"
+
+
+def test_type_longer_than_a_pubsub_attribute_is_quarantined() -> None:
+    event = event_for(envelope("batch." + "x" * 1100))
+    assert event.quarantined
+    check_publishable(event.data(), event.attributes())
+
+
+def test_subject_longer_than_a_pubsub_attribute_is_kept_in_data_only() -> None:
+    long_id = "b" * 1100
+    event = event_for(envelope("batch.succeeded", {"id": long_id}))
+    assert event.cloudevent["data"]["job_id"] == long_id
+    assert "subject" not in event.attributes()
+    check_publishable(event.data(), event.attributes())
