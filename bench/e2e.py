@@ -20,7 +20,7 @@ from pathlib import Path
 from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 from google.cloud.pubsub_v1 import PublisherClient
-from google.cloud.pubsub_v1.types import BatchSettings
+from google.cloud.pubsub_v1.types import BatchSettings, PubsubMessage
 
 from bench.micro import envelope
 from bench.table import Row, Spread, quantile, ratio_of_rounds, times
@@ -33,6 +33,7 @@ COLLECTION = "webhook_deliveries"  # the relay's default
 TOPIC = "gemini-batch"  # where the relay routes batch.succeeded
 CONCURRENCIES = (1, 8, 32)
 SERVER_THREADS = 4 * (os.cpu_count() or 1)  # functions-framework's default
+DIRECT_AT = 8  # the concurrency at which the floor's publish variant is measured too
 LEASE = timedelta(seconds=30)
 TTL = timedelta(hours=72)
 MEMORY_CHECKPOINTS = (100, 1_000, 2_500, 5_000, 7_500, 10_000)
@@ -148,11 +149,33 @@ class Floor:
         self._collection = self._db.collection(COLLECTION)
         self._topic = self._publisher.topic_path(PROJECT, TOPIC)
 
-    def _ref(self, item: Signed) -> firestore.DocumentReference:
-        return self._collection.document(document_id("floor-" + item.webhook_id))
+    def _ref(self, item: Signed, prefix: str = "floor-") -> firestore.DocumentReference:
+        return self._collection.document(document_id(prefix + item.webhook_id))
 
     def deliver(self, item: Signed) -> str:
-        ref = self._ref(item)
+        """As the issue asks: `PublisherClient.publish(...).result()`."""
+        return self._deliver(self._ref(item), item, self._publish)
+
+    def deliver_direct(self, item: Signed) -> str:
+        """A variant: the generated client's synchronous call, no batching machinery."""
+        return self._deliver(self._ref(item, "direct-"), item, self._publish_direct)
+
+    def _publish(self, item: Signed) -> str:
+        message_id: str = self._publisher.publish(
+            self._topic, item.data, **item.attributes
+        ).result()
+        return message_id
+
+    def _publish_direct(self, item: Signed) -> str:
+        message = PubsubMessage(data=item.data, attributes=item.attributes)
+        message_id: str = self._publisher.api.publish(
+            topic=self._topic, messages=[message]
+        ).message_ids[0]
+        return message_id
+
+    def _deliver(
+        self, ref: firestore.DocumentReference, item: Signed, publish: Callable[[Signed], str]
+    ) -> str:
         now = datetime.now(UTC)
         ref.create(
             {
@@ -169,7 +192,7 @@ class Floor:
                 TTL_FIELD: now + TTL,
             }
         )
-        message_id = self._publisher.publish(self._topic, item.data, **item.attributes).result()
+        message_id = publish(item)
         now = datetime.now(UTC)
         ref.update(
             {
@@ -322,17 +345,20 @@ def throughput_rows(
             # At least five waves of requests a round, so start and end effects stay small.
             size = max(per_cell // rounds, 5 * concurrency)
             count = max(2, per_cell // size)
-            fresh = {"ours": Cell(), "floor": Cell()}
+            fresh = {"ours": Cell(), "floor": Cell(), "direct": Cell()}
             dups = {"ours": Cell(), "floor": Cell()}
             for index in range(count):
                 batch = sign(secret, size)
-                order: list[tuple[str, Callable[[], Worker], Callable[[], Worker]]] = [
+                order: list[tuple[str, Callable[[], Worker], Callable[[], Worker] | None]] = [
                     ("ours", post, post),
                     ("floor", lambda: floor.deliver, lambda: floor.duplicate),
                 ]
+                if concurrency == DIRECT_AT:
+                    order.append(("direct", lambda: floor.deliver_direct, None))
                 for side, new, again in order if index % 2 == 0 else order[::-1]:
                     fresh[side].measure(meter, batch, concurrency, new)
-                    dups[side].measure(meter, batch, concurrency, again)
+                    if again is not None:
+                        dups[side].measure(meter, batch, concurrency, again)
             ratio = ratio_of_rounds(fresh["ours"].rates(), fresh["floor"].rates())
             rows.append(
                 Row(
@@ -351,6 +377,24 @@ def throughput_rows(
                     + _unexpected(fresh["ours"], "accepted"),
                 )
             )
+            if concurrency == DIRECT_AT:
+                direct = ratio_of_rounds(fresh["ours"].rates(), fresh["direct"].rates())
+                rows.append(
+                    Row(
+                        "3",
+                        f"end to end, new deliveries, concurrency {concurrency}, vs a floor "
+                        "that publishes with the generated client's call",
+                        fresh["ours"].show(),
+                        fresh["direct"].show(),
+                        times(direct, 2),
+                        "—",
+                        None,
+                        "floor variant, in the same rounds: `publisher.api.publish(topic, "
+                        "[message])`, which returns once Pub/Sub stored the message, without "
+                        "`PublisherClient.publish`'s batching (two threads and a future per "
+                        "message at max_messages=1)." + _cpu_note(fresh["ours"], fresh["direct"]),
+                    )
+                )
             dup_ratio = ratio_of_rounds(dups["ours"].rates(), dups["floor"].rates())
             rows.append(
                 Row(

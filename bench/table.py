@@ -118,9 +118,13 @@ def render(info: dict[str, str], rows: Sequence[Row], total_seconds: float) -> s
         f"- packages: {info['packages']}",
         f"- total run time of `make bench`: {total_seconds:.0f} s",
         "",
-        f"Figures are `median (p10{EN_DASH}p90)` over interleaved rounds (ours, reference, ours, "
-        "reference, …), so machine noise hits both sides alike; the ratio is ours ÷ "
-        "reference unless the row says otherwise, as the median of the per-round ratios.",
+        f"Figures are `median (p10{EN_DASH}p90)` over rounds that interleave the sides (ours, "
+        "reference, ours, reference, …; end to end alternates the order each round), so "
+        "machine noise hits both sides alike. The ratio is ours ÷ reference unless the row "
+        "says otherwise, as the median of the per-round ratios. Targets are figures to "
+        "compare with, not assertions. CPU ms per delivery: user + system time from /proc "
+        "of the served function's worker, of this process (HTTP client, or the floor), and "
+        "of the emulators' JVMs, divided by the deliveries.",
         "",
         "| # | what | ours | reference | ratio | target | met? | note |",
         "|---|---|---|---|---|---|---|---|",

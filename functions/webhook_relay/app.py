@@ -12,6 +12,7 @@ import flask
 import google.auth
 from google.auth.exceptions import DefaultCredentialsError
 from google.cloud import firestore
+from google.cloud.pubsub_v1 import PublisherClient
 
 from . import logs
 from .claim import FirestoreClaims
@@ -20,7 +21,7 @@ from .deadline import Deadline
 from .errors import ConfigError
 from .http import handle
 from .jwks import KeySet
-from .publish import PubSubPublisher, new_client
+from .publish import PubSubPublisher
 from .relay import Outcome, Relay
 from .verify import Delivery, Verifier
 
@@ -58,7 +59,9 @@ class Pipeline:
             settings.claim_lease_seconds,
             settings.dedup_ttl_hours,
         )
-        self._relay = Relay(claims, PubSubPublisher(Lazy(new_client), project), settings.routes)
+        self._relay = Relay(
+            claims, PubSubPublisher(Lazy(PublisherClient), project), settings.routes
+        )
 
     def verify(self, delivery: Delivery) -> str:
         return self._verifier.verify(delivery)

@@ -60,6 +60,12 @@ def handle(request: flask.Request, pipeline: Pipeline) -> flask.Response:
         log.exception("unexpected error; answered 503 so the sender retries")
         answer = _Answer(503, Unavailable.status, f"internal error ({type(exc).__name__})", 5)
 
+    if request.method not in ("GET", "HEAD"):  # liveness probes would drown the log
+        _log(answer, webhook_id, started, trace(request.headers, pipeline.project))
+    return _response(answer, webhook_id)
+
+
+def _response(answer: _Answer, webhook_id: str | None) -> flask.Response:
     body: dict[str, Any] = {"status": answer.status}
     if webhook_id is not None:
         body["webhook_id"] = webhook_id
@@ -72,23 +78,23 @@ def handle(request: flask.Request, pipeline: Pipeline) -> flask.Response:
     if answer.http_status == 405:
         response.headers["Allow"] = ALLOWED
     response.headers["Cache-Control"] = "no-store"
-
-    if request.method not in ("GET", "HEAD"):
-        severity = "INFO" if answer.http_status < 400 else "WARNING"
-        if answer.http_status >= 500:
-            severity = "ERROR"
-        emit(
-            severity,
-            f"{answer.status} {answer.log.get('event_type') or ''}".rstrip(),
-            status=answer.status,
-            http_status=answer.http_status,
-            webhook_id=webhook_id,
-            detail=answer.detail,
-            latency_ms=round((time.monotonic() - started) * 1000, 2),
-            **{TRACE_KEY: trace(request.headers, pipeline.project)},
-            **answer.log,
-        )
     return response
+
+
+def _log(answer: _Answer, webhook_id: str | None, started: float, trace_name: str | None) -> None:
+    code = answer.http_status
+    severity = "INFO" if code < 400 else "WARNING" if code < 500 else "ERROR"
+    emit(
+        severity,
+        f"{answer.status} {answer.log.get('event_type') or ''}".rstrip(),
+        status=answer.status,
+        http_status=code,
+        webhook_id=webhook_id,
+        detail=answer.detail,
+        latency_ms=round((time.monotonic() - started) * 1000, 2),
+        **{TRACE_KEY: trace_name},
+        **answer.log,
+    )
 
 
 def _answer(request: flask.Request, pipeline: Pipeline, deadline: Deadline) -> _Answer:

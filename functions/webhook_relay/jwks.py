@@ -9,6 +9,7 @@ of made-up `kid`s cannot turn into a flood of fetches), and re-fetched when olde
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import logging
@@ -147,7 +148,16 @@ class KeySet:
 
 
 def unverified_header(token: str) -> Mapping[str, Any]:
+    """The JOSE header, read only to pick the key: `jwt.decode` checks the whole token after.
+
+    PyJWT's `get_unverified_header` decodes all three segments (21 µs a token here, over a
+    quarter of a JWT verification); this reads the first (2 µs).
+    """
+    segment = token.partition(".")[0]
     try:
-        return jwt.get_unverified_header(token)
-    except (jwt.PyJWTError, ValueError, TypeError):
-        raise Unauthorized("JWT header is not readable") from None
+        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (ValueError, RecursionError):  # binascii.Error and bad UTF-8 are ValueErrors
+        header = None
+    if not isinstance(header, dict):
+        raise Unauthorized("JWT header is not readable")
+    return header

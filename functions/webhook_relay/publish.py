@@ -12,7 +12,7 @@ from typing import Protocol
 from google.api_core import exceptions as api_exceptions
 from google.api_core.retry import Retry, if_transient_error
 from google.cloud.pubsub_v1 import PublisherClient
-from google.cloud.pubsub_v1.types import BatchSettings
+from google.cloud.pubsub_v1.types import PubsubMessage
 
 from .deadline import Deadline
 from .errors import Unavailable
@@ -25,11 +25,6 @@ class Publisher(Protocol):
         self, topic: str, data: bytes, attributes: Mapping[str, str], deadline: Deadline
     ) -> str:
         """The message id once Pub/Sub has stored the message; `Unavailable` otherwise."""
-
-
-def new_client() -> PublisherClient:
-    # One message per request, sent at once: batching would only add latency to each answer.
-    return PublisherClient(batch_settings=BatchSettings(max_messages=1, max_latency=0.0))
 
 
 class PubSubPublisher:
@@ -46,16 +41,17 @@ class PubSubPublisher:
             predicate=if_transient_error, initial=0.05, maximum=1.0, multiplier=2, timeout=timeout
         )
         try:
-            future = client.publish(
-                f"projects/{self._project}/topics/{topic}",
-                data,
+            # The generated client's call, not `client.publish`: that one batches, and with one
+            # message a batch (what one request has) it starts threads and a future per message:
+            # 0.9 ms of CPU a message against 0.35 ms for this call (bench/results.md, row 3).
+            # It returns once Pub/Sub has stored the message, as a 2xx requires.
+            response = client.api.publish(
+                topic=f"projects/{self._project}/topics/{topic}",
+                messages=[PubsubMessage(data=data, attributes=dict(attributes))],
                 retry=retry,
                 timeout=timeout,
-                **attributes,
             )
-            message_id: str = future.result(timeout=timeout + 0.25)
-        except TimeoutError:
-            raise Unavailable(f"Pub/Sub did not confirm the publish to {topic} in time") from None
-        except (api_exceptions.GoogleAPIError, RuntimeError, ValueError) as exc:
+            message_id: str = response.message_ids[0]
+        except (api_exceptions.GoogleAPIError, ValueError, IndexError) as exc:
             raise Unavailable(f"Pub/Sub publish to {topic} failed ({type(exc).__name__})") from exc
         return message_id

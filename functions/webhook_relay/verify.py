@@ -18,7 +18,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import jwt
 from cryptography.exceptions import InvalidSignature
@@ -96,6 +96,17 @@ class Verifier:
         self._settings = settings
         self._key_set = key_set
         self._clock = clock
+        # Fixed by the settings: built once, not on every JWT delivery.
+        required = ["aud"] if not settings.any_audience else []
+        if settings.jwt_issuers:
+            required.append("iss")
+        self._jwt_checks: dict[str, Any] = {
+            "algorithms": ["RS256"],
+            "audience": None if settings.any_audience else list(settings.jwt_audiences),
+            "issuer": list(settings.jwt_issuers) or None,
+            "leeway": settings.tolerance_seconds,
+            "options": {"verify_aud": not settings.any_audience, "require": required},
+        }
 
     def verify(self, delivery: Delivery) -> str:
         """The scheme that proved `delivery` authentic: `hmac`, `ed25519` or `jwt`."""
@@ -150,19 +161,8 @@ class Verifier:
         if not isinstance(kid, str) or not kid:
             raise Unauthorized("JWT has no key id")
         key = self._key_set.key_for(kid)
-        required = ["aud"] if not settings.any_audience else []
-        if settings.jwt_issuers:
-            required.append("iss")
         try:
-            jwt.decode(
-                token,
-                key,
-                algorithms=["RS256"],
-                audience=None if settings.any_audience else list(settings.jwt_audiences),
-                issuer=list(settings.jwt_issuers) or None,
-                leeway=settings.tolerance_seconds,
-                options={"verify_aud": not settings.any_audience, "require": required},
-            )
+            jwt.decode(token, key, **self._jwt_checks)
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
             raise Unauthorized(f"JWT rejected: {_jwt_reason(exc)}") from None
 

@@ -59,6 +59,11 @@ def test_released_claim_is_taken_over_with_one_more_attempt(stack: Stack) -> Non
     assert record["lease_until"] <= datetime.now(UTC)
     assert isinstance(again, Claimed)
     assert again.attempts == 2
+    # A claim taken over in a transaction can be released too (its token is that write's).
+    store.release(again, Deadline())
+    released = stack.record(COLLECTION, webhook_id)
+    assert released is not None
+    assert released["lease_until"] <= datetime.now(UTC)
 
 
 def test_release_does_not_free_a_claim_taken_over_since(stack: Stack) -> None:

