@@ -4,8 +4,6 @@ vs a hello-world function under the same server (functions-framework with gunico
 from __future__ import annotations
 
 import http.client
-import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -17,7 +15,7 @@ from pathlib import Path
 
 from bench.e2e import Signed
 from bench.table import TIMES, Row, Spread, ratio_of_rounds, times
-from webhook_relay.emulators import free_port
+from webhook_relay.emulators import free_port, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 OURS = ROOT / "functions" / "main.py"
@@ -86,18 +84,7 @@ def cold_start(function: Function, delivery: Signed | None = None) -> Start:
             first_delivery = time.perf_counter() - started
         return Start(first_200, first_delivery)
     finally:
-        _stop(process)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
+        stop_process_group(process, patience=10)
 
 
 def _import_command(function: Function, *flags: str) -> list[str]:

@@ -76,24 +76,9 @@ class Emulator:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None:
-            return
-        # gcloud may exit before its Java child: wait until the whole group is gone.
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:
-                process.poll()  # reap the leader, or it counts as alive
-                if not _group_alive(process.pid):
-                    break
-                time.sleep(0.05)
-            else:
-                continue
-            break
-        process.poll()
+        if process is not None:
+            # gcloud may exit before its Java child: wait until the whole group is gone.
+            stop_process_group(process)
 
     @property
     def pid(self) -> int | None:
@@ -116,6 +101,23 @@ class Emulator:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def stop_process_group(process: subprocess.Popen[bytes], patience: float = 5.0) -> None:
+    """SIGTERM to the process's whole group (it was started with `start_new_session`),
+    SIGKILL if it lingers; returns once the group is gone."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + patience
+        while time.monotonic() < deadline:
+            process.poll()  # reap the leader, or the group never looks empty
+            if not _group_alive(process.pid):
+                return
+            time.sleep(0.05)
+    process.poll()
 
 
 def _group_alive(pgid: int) -> bool:

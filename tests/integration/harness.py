@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from google.cloud import firestore
 from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 
 from webhook_relay.claim import document_id
-from webhook_relay.emulators import Emulator, free_port
+from webhook_relay.emulators import Emulator, free_port, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "relay-test"
@@ -186,13 +185,8 @@ class RelayServer:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+        if process is not None:
+            stop_process_group(process, patience=10)
 
     def get(self) -> Answer:
         return self._send(urllib.request.Request(self.url, method="GET"))

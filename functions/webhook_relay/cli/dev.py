@@ -36,7 +36,7 @@ from google.cloud import firestore, pubsub_v1
 import webhook_relay
 
 from ..config import load_settings
-from ..emulators import Emulator, EmulatorError
+from ..emulators import Emulator, EmulatorError, stop_process_group
 from ..errors import ConfigError
 from ..routing import DEFAULT_TOPIC_PREFIX
 from ..signing import RsaSigner, new_secret
@@ -393,7 +393,7 @@ def _function(
     try:
         yield _wait_ready(process, port, stopping, lambda: _why(pump, recent))
     finally:
-        _stop_group(process)
+        stop_process_group(process, STOP_SECONDS)
         pump.join(2)
 
 
@@ -482,33 +482,6 @@ def _readable(text: str) -> str:
         + f" {entry['message']}"
         + (click.style(f"  {fields}", dim=True) if fields else "")
     )
-
-
-def _stop_group(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the whole group, SIGKILL if it lingers; returns once the group is gone."""
-    for sig, patience in ((signal.SIGTERM, STOP_SECONDS), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + patience
-        while time.monotonic() < deadline:
-            process.poll()  # reap the leader, or the group never looks empty
-            if not _group_alive(process.pid):
-                process.poll()
-                return
-            time.sleep(0.05)
-    process.poll()
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _banner(

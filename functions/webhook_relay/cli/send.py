@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import email.utils
 import http.client
-import ipaddress
 import json
 import secrets as random_tokens
 import socket
@@ -25,6 +24,7 @@ from urllib.parse import urlsplit
 
 import click
 
+from ..config import is_loopback
 from ..signing import RsaSigner, SecretFormatError, secret_key, signature_v1
 from . import state as dev_state
 from ._common import fail, note
@@ -354,18 +354,9 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 def _opener(url: str) -> urllib.request.OpenerDirector:
     handlers: list[urllib.request.BaseHandler] = [_NoRedirect()]
-    if _loopback(urlsplit(url).hostname or ""):
+    if is_loopback(urlsplit(url).hostname or ""):
         handlers.append(urllib.request.ProxyHandler({}))  # never send local traffic to a proxy
     return urllib.request.build_opener(*handlers)
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def post(
