@@ -68,11 +68,7 @@ class Emulator:
         raise EmulatorError(f"{self.kind} emulator not ready after {timeout:.0f} s")
 
     def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{self.host}/", timeout=1) as answer:
-                return bool(answer.status == 200)
-        except (OSError, urllib.error.URLError):
-            return False
+        return answers(self.host)
 
     def stop(self) -> None:
         process, self._process = self._process, None
@@ -118,6 +114,15 @@ def stop_process_group(process: subprocess.Popen[bytes], patience: float = 5.0) 
                 return
             time.sleep(0.05)
     process.poll()
+
+
+def answers(host: str, timeout: float = 1.0) -> bool:
+    """An emulator answers 200 on `/`: a quick check, where gRPC would retry for seconds."""
+    try:
+        with urllib.request.urlopen(f"http://{host}/", timeout=timeout) as answer:
+            return bool(answer.status == 200)
+    except (OSError, ValueError):  # URLError is an OSError; ValueError: a malformed host
+        return False
 
 
 def _group_alive(pgid: int) -> bool:

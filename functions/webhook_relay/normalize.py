@@ -29,9 +29,10 @@ class Event:
     subject: str | None
     cloudevent: dict[str, Any]
     quarantined: bool
+    encoded: bytes  # the message data: `cloudevent` serialized once, in `normalize`
 
     def data(self) -> bytes:
-        return json.dumps(self.cloudevent, ensure_ascii=False, separators=(",", ":")).encode()
+        return self.encoded
 
     def attributes(self) -> dict[str, str]:
         attributes = {
@@ -49,10 +50,7 @@ class Event:
 def normalize(webhook_id: str, timestamp: int, body: bytes, signature: str) -> Event:
     envelope, problem = _envelope(body)
     if envelope is None:
-        data = {"reason": problem, "body_base64": base64.b64encode(body).decode("ascii")}
-        cloudevent = _cloudevent(webhook_id, QUARANTINED, None, _unix_time(timestamp), signature)
-        cloudevent["data"] = data
-        return Event(QUARANTINED, None, cloudevent, quarantined=True)
+        return _quarantine(webhook_id, timestamp, body, signature, problem)
 
     event_type: str = envelope["type"]
     payload = envelope.get("data")
@@ -75,7 +73,24 @@ def normalize(webhook_id: str, timestamp: int, body: bytes, signature: str) -> E
         "user_metadata": _user_metadata(envelope, fields),
         "gemini": envelope,
     }
-    return Event(event_type, subject, cloudevent, quarantined=False)
+    try:
+        encoded = _encode(cloudevent)
+    except UnicodeEncodeError:
+        # An unpaired surrogate (the escape `"\ud800"`, or its raw bytes, which json reads
+        # with `surrogatepass`) is a string with no UTF-8 form: the event could never be
+        # published, and the delivery would be answered 503 on every retry.
+        return _quarantine(webhook_id, timestamp, body, signature, "body has an unpaired surrogate")
+    return Event(event_type, subject, cloudevent, quarantined=False, encoded=encoded)
+
+
+def _quarantine(webhook_id: str, timestamp: int, body: bytes, signature: str, reason: str) -> Event:
+    cloudevent = _cloudevent(webhook_id, QUARANTINED, None, _unix_time(timestamp), signature)
+    cloudevent["data"] = {"reason": reason, "body_base64": base64.b64encode(body).decode("ascii")}
+    return Event(QUARANTINED, None, cloudevent, quarantined=True, encoded=_encode(cloudevent))
+
+
+def _encode(cloudevent: dict[str, Any]) -> bytes:
+    return json.dumps(cloudevent, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _envelope(body: bytes) -> tuple[dict[str, Any] | None, str]:
@@ -92,12 +107,7 @@ def _envelope(body: bytes) -> tuple[dict[str, Any] | None, str]:
     event_type = envelope.get("type")
     if not isinstance(event_type, str) or not event_type.strip():
         return None, "body has no string 'type'"
-    if not _encodable(envelope):
-        # An unpaired surrogate (the escape `"\ud800"`, or its raw bytes, which json reads
-        # with `surrogatepass`) is a string with no UTF-8 form: the event could not be
-        # encoded, and the delivery would be answered 503 on every retry.
-        return None, "body has an unpaired surrogate"
-    if len(event_type.encode()) > MAX_ATTRIBUTE_BYTES:  # `event_type` is an attribute
+    if len(event_type.encode(errors="surrogatepass")) > MAX_ATTRIBUTE_BYTES:  # an attribute
         return None, f"body 'type' is longer than {MAX_ATTRIBUTE_BYTES} bytes"
     return envelope, ""
 
@@ -111,14 +121,6 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError("number out of range")
     return value
-
-
-def _encodable(envelope: dict[str, Any]) -> bool:
-    try:
-        json.dumps(envelope, ensure_ascii=False).encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _cloudevent(

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +11,7 @@ from typing import Any, NoReturn
 import click
 from google.api_core import exceptions
 
+from ..emulators import answers
 from ..errors import ConfigError
 from ..routing import DEFAULT_TOPIC_PREFIX, Routes, parse_routes
 from . import state as dev_state
@@ -67,20 +66,11 @@ def pubsub_target(project: str | None, state_dir: Path) -> PubSubTarget:
             fail("no project: pass --project or set GOOGLE_CLOUD_PROJECT")
         chosen = DEFAULT_PROJECT
     if host:
-        if not emulator_answers(host):
+        if not answers(host, timeout=2):
             fail(f"no Pub/Sub emulator answers at {host} (PUBSUB_EMULATOR_HOST or the dev state)")
         # The client libraries read it when a client is made.
         os.environ["PUBSUB_EMULATOR_HOST"] = host
     return PubSubTarget(chosen, host, state)
-
-
-def emulator_answers(host: str) -> bool:
-    """An emulator answers 200 on `/` (a quick check before gRPC retries for seconds)."""
-    try:
-        with urllib.request.urlopen(f"http://{host}/", timeout=2) as answer:
-            return bool(answer.status == 200)
-    except (OSError, urllib.error.URLError, ValueError):
-        return False
 
 
 def routes_for(

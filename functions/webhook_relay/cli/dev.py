@@ -36,12 +36,12 @@ from google.cloud import firestore, pubsub_v1
 import webhook_relay
 
 from ..config import load_settings
-from ..emulators import Emulator, EmulatorError, stop_process_group
+from ..emulators import Emulator, EmulatorError, answers, stop_process_group
 from ..errors import ConfigError
 from ..routing import DEFAULT_TOPIC_PREFIX
 from ..signing import RsaSigner, new_secret
 from . import state as dev_state
-from ._common import DEFAULT_PROJECT, api_error, emulator_answers, fail, note
+from ._common import DEFAULT_PROJECT, api_error, fail, note
 from .tail import DEV_SUFFIX
 
 HOST = "127.0.0.1"
@@ -237,7 +237,7 @@ def _emulators(stack: contextlib.ExitStack) -> tuple[dict[str, str], dict[str, E
         variable = "FIRESTORE_EMULATOR_HOST" if kind == "firestore" else "PUBSUB_EMULATOR_HOST"
         given = os.environ.get(variable, "").strip()
         if given:
-            if not emulator_answers(given):
+            if not answers(given, timeout=2):
                 fail(f"{variable}={given} but no emulator answers there; unset it to start one")
             hosts[kind], started[kind] = given, None
             click.echo(f"{label} emulator: reusing {given}")
