@@ -34,6 +34,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 
 from google.cloud.pubsub_v1 import SubscriberClient
 from google.cloud.pubsub_v1.subscriber.message import Message
@@ -41,6 +42,14 @@ from google.cloud.pubsub_v1.subscriber.message import Message
 from webhook_relay.subscriber import NotARelayEvent, parse_event
 
 log = logging.getLogger("subscriber")
+# Callbacks run on several threads at once, and `print` writes the text and the newline
+# separately: without the lock, two events' lines can interleave.
+_output = threading.Lock()
+
+
+def say(line: str) -> None:
+    with _output:
+        print(line, flush=True)
 
 
 def handle(message: Message) -> None:
@@ -57,9 +66,9 @@ def handle(message: Message) -> None:
     if event.type == "batch.succeeded":
         # No output_uri: an inline batch, whose results come from the Gemini API by job id.
         where = event.output_uri or "inline: get the batch by its id from the Gemini API"
-        print(f"batch {event.job_id} succeeded: {where}", flush=True)
+        say(f"batch {event.job_id} succeeded: {where}")
     elif event.type == "video.generated":
-        print(f"video {event.job_id} generated: {event.output_uri} ({event.file_name})", flush=True)
+        say(f"video {event.job_id} generated: {event.output_uri} ({event.file_name})")
     else:
         log.info("ignoring %s %s", event.type, event.subject)
     message.ack()  # after the work: a crash before this line means Pub/Sub redelivers it

@@ -31,7 +31,7 @@ ENVELOPE = {
 }
 BODY = json.dumps(ENVELOPE).encode()
 DOCUMENTED = {
-    200: {"accepted", "duplicate", "quarantined", "ok"},
+    200: {"accepted", "duplicate", "quarantined", "ok", "ping"},
     400: {"bad_request"},
     401: {"unauthorized"},
     405: {"method_not_allowed"},
@@ -111,6 +111,13 @@ def test_v1_delivery_is_accepted_and_published_as_the_contract_event(relay: Harn
         "webhook_id": "msg_1",
         "subject": "batch_123456",
         "signature": "hmac",
+        "content-type": "application/cloudevents+json; charset=utf-8",
+        "ce-specversion": "1.0",
+        "ce-id": "msg_1",
+        "ce-source": "https://generativelanguage.googleapis.com",
+        "ce-type": "batch.succeeded",
+        "ce-time": "2026-05-04T10:00:00Z",
+        "ce-subject": "batch_123456",
     }
     assert message.event() == {
         "specversion": "1.0",
@@ -476,3 +483,44 @@ def test_record_update_failing_after_publish_is_still_accepted(relay: Harness) -
     response = post(relay, BODY, headers_v1(SECRET, BODY))
     assert response.json["status"] == "accepted"
     assert len(relay.publisher.messages) == 1
+
+
+# --- pings, and what can never be published as read ----------------------------------------
+
+
+@pytest.mark.parametrize("event_type", ["ping", "webhook.ping"])
+def test_verified_ping_is_answered_and_recorded_not_published(
+    relay: Harness, event_type: str
+) -> None:
+    body = json.dumps({"type": event_type}).encode()
+    response = post(relay, body, headers_v1(SECRET, body, webhook_id="msg_ping"))
+    assert (response.status_code, response.json["status"]) == (200, "ping")
+    assert relay.publisher.messages == []
+    assert relay.claims.records["msg_ping"].state == "published"
+    again = post(relay, body, headers_v1(SECRET, body, webhook_id="msg_ping"))
+    assert again.json["status"] == "duplicate"
+
+
+def test_claim_lost_while_publishing_is_accepted_and_logged_as_a_double(
+    relay: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    publish = relay.publisher.publish
+
+    def slow_publish(*args: Any) -> str:
+        relay.claims.records["msg_slow"].attempts += 1  # a retry took the claim over meanwhile
+        return publish(*args)
+
+    relay.publisher.publish = slow_publish  # type: ignore[method-assign]
+    response = post(relay, BODY, headers_v1(SECRET, BODY, webhook_id="msg_slow"))
+    assert response.json["status"] == "accepted"
+    assert relay.claims.records["msg_slow"].state == "claimed"  # the successor's, untouched
+    assert [r.__dict__.get("status") for r in caplog.records] == ["published_twice"]
+
+
+def test_event_over_pubsub_limit_is_quarantined_not_refused(relay: Harness) -> None:
+    big = harness(relay_env(WEBHOOK_MAX_BODY_BYTES=str(MAX_BODY_BYTES_LIMIT)))
+    body = json.dumps({"type": "batch.succeeded", "data": {"id": "b" * 3_500_000}}).encode()
+    response = post(big, body, headers_v1(SECRET, body))
+    assert (response.status_code, response.json["status"]) == (200, "quarantined")
+    [message] = big.publisher.on("gemini-unrouted")
+    assert message.event()["data"]["reason"] == "too_large"

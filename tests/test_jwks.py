@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import pytest
@@ -241,3 +246,92 @@ def test_fetch_url_error_status_is_an_oserror() -> None:
 def test_unreadable_jwt_header_is_unauthorized(token: str) -> None:
     with pytest.raises(Unauthorized):
         unverified_header(token)
+
+
+# --- bounds of a fetch ----------------------------------------------------------------------
+
+
+@contextmanager
+def raw_server(answer: Callable[[socket.socket], None]) -> Iterator[str]:
+    """A loopback HTTP server that answers one connection at a time with `answer`."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.recv(65536)
+                with suppress(OSError):
+                    answer(connection)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/jwks.json"
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+
+
+def test_fetch_url_bounds_the_whole_fetch_not_each_read() -> None:
+    def trickle(connection: socket.socket) -> None:
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+        for _ in range(100):  # one byte every 0.1 s: each read is quick, the whole is 10 s
+            connection.sendall(b" ")
+            time.sleep(0.1)
+
+    with raw_server(trickle) as url:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            fetch_url(url, 0.5)
+        assert time.monotonic() - started < 2.0
+
+
+def test_fetch_url_follows_no_redirect() -> None:
+    target = jwks_server(A)
+    with (
+        raw_server(
+            lambda connection: connection.sendall(
+                f"HTTP/1.1 302 Found\r\nLocation: {target.url}\r\nContent-Length: 0\r\n\r\n".encode()
+            )
+        ) as url,
+        pytest.raises(OSError),
+    ):  # noqa: PT011 - KeySet maps every OSError to 503
+        fetch_url(url, 3.0)
+    assert target.requests == 0
+
+
+def test_no_request_waits_on_another_fetch_past_the_bound() -> None:
+    # A fetch stuck where no socket timeout reaches (name resolution): every request waiting
+    # for it, the one that started it and the ones that joined, gives up at its bound.
+    release = threading.Event()
+
+    def stuck(url: str, timeout: float) -> bytes:
+        release.wait(10)
+        return document(A.jwk())
+
+    keys = KeySet(URL, fetch=stuck, timeout=0.3, clock=FakeClock())
+    outcomes: list[tuple[type[Exception], float]] = []
+
+    def request() -> None:
+        started = time.monotonic()
+        try:
+            keys.key_for(A.kid)
+        except Unavailable as error:
+            outcomes.append((type(error), time.monotonic() - started))
+
+    threads = [threading.Thread(target=request) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    release.set()
+    assert [kind for kind, _ in outcomes] == [Unavailable] * 4
+    assert max(waited for _, waited in outcomes) < 1.5
+    assert keys.fetches == 1

@@ -179,6 +179,34 @@ def test_type_without_dot_is_other_with_itself_as_outcome() -> None:
     assert (data["kind"], data["outcome"], data["terminal"]) == ("other", "ping", True)
 
 
+def test_family_without_a_dot_is_no_kind_of_its_own() -> None:
+    # Routing's `batch.*` does not match `batch`: neither does the kind.
+    assert event_for(envelope("batch", {"id": "b"})).cloudevent["data"]["kind"] == "other"
+
+
+def test_delivered_relay_type_is_an_unknown_type_not_ours() -> None:
+    event = event_for(envelope(QUARANTINED, {"id": "x"}))
+    assert not event.quarantined
+    data = event.cloudevent["data"]
+    assert (data["kind"], data["outcome"]) == ("other", "quarantined")
+    assert data["gemini"]["type"] == QUARANTINED
+
+
+def test_string_error_is_carried_as_its_message() -> None:
+    data = event_for(envelope("batch.failed", {"id": "b", "error": "quota exceeded"}))
+    assert data.cloudevent["data"]["error"] == {"code": None, "message": "quota exceeded"}
+
+
+@pytest.mark.parametrize("event_type", ["ping", "webhook.ping"])
+def test_ping_types_are_pings(event_type: str) -> None:
+    assert event_for(envelope(event_type)).ping
+
+
+@pytest.mark.parametrize("event_type", ["batch.succeeded", "pinged", "ping.batch"])
+def test_other_types_are_not_pings(event_type: str) -> None:
+    assert not event_for(envelope(event_type)).ping
+
+
 def test_numeric_id_becomes_a_string_subject() -> None:
     event = event_for(envelope("batch.succeeded", {"id": 123}))
     assert (event.subject, event.cloudevent["data"]["job_id"]) == ("123", "123")
@@ -241,7 +269,21 @@ def test_attributes() -> None:
         "webhook_id": WEBHOOK_ID,
         "subject": "batch_1",
         "signature": "jwt",
+        "content-type": "application/cloudevents+json; charset=utf-8",
+        "ce-specversion": "1.0",
+        "ce-id": WEBHOOK_ID,
+        "ce-source": SOURCE,
+        "ce-type": "batch.succeeded",
+        "ce-time": ENVELOPE_TIME,
+        "ce-subject": "batch_1",
     }
+
+
+def test_quarantine_attributes_have_no_subject() -> None:
+    attributes = normalize(WEBHOOK_ID, TIMESTAMP, b"nope", "hmac").attributes()
+    assert attributes["ce-type"] == QUARANTINED
+    assert "ce-subject" not in attributes
+    assert "subject" not in attributes
 
 
 def test_data_is_compact_utf8_json_of_the_cloudevent() -> None:
@@ -284,6 +326,12 @@ def test_unreadable_body_is_quarantined(body: bytes, reason: str) -> None:
         "event_type": QUARANTINED,
         "webhook_id": WEBHOOK_ID,
         "signature": "hmac",
+        "content-type": "application/cloudevents+json; charset=utf-8",
+        "ce-specversion": "1.0",
+        "ce-id": WEBHOOK_ID,
+        "ce-source": SOURCE,
+        "ce-type": QUARANTINED,
+        "ce-time": TIMESTAMP_RFC3339,
     }
 
 
@@ -340,4 +388,37 @@ def test_subject_longer_than_a_pubsub_attribute_is_kept_in_data_only() -> None:
     event = event_for(envelope("batch.succeeded", {"id": long_id}))
     assert event.cloudevent["data"]["job_id"] == long_id
     assert "subject" not in event.attributes()
+    check_publishable(event.data(), event.attributes())
+
+
+def test_body_nested_too_deeply_to_encode_is_quarantined() -> None:
+    # The event wraps the envelope three levels deeper than it was read: just under the
+    # reader's depth limit (which depends on the stack), the encoder's is passed. Whatever
+    # the depth, normalize returns an event, never raises.
+    reasons = set()
+    for depth in range(800, 1100):
+        nested = b'{"a":' * depth + b"1" + b"}" * depth
+        body = b'{"type": "batch.succeeded", "data": ' + nested + b"}"
+        event = normalize(WEBHOOK_ID, TIMESTAMP, body, "hmac")
+        reasons.add(event.cloudevent["data"].get("reason"))
+    assert reasons == {None, "body nests too deeply", "body is not JSON"}
+
+
+def test_event_over_pubsub_limit_is_quarantined_too_large() -> None:
+    # data.id is copied into subject and job_id: a 3.5 MB id makes an 11 MB event.
+    body = json.dumps(envelope("batch.succeeded", {"id": "b" * 3_500_000})).encode()
+    event = normalize(WEBHOOK_ID, TIMESTAMP, body, "hmac")
+    assert event.quarantined
+    assert event.cloudevent["data"]["reason"] == "too_large"
+    assert base64.b64decode(event.cloudevent["data"]["body_base64"]) == body
+    check_publishable(event.data(), event.attributes())
+
+
+def test_quarantined_body_over_pubsub_limit_is_cut_to_fit() -> None:
+    body = b"\xff" * 9_000_000  # not JSON, and 12 MB once base64-encoded
+    event = normalize(WEBHOOK_ID, TIMESTAMP, body, "hmac")
+    assert event.cloudevent["data"]["reason"] == "too_large"
+    kept = base64.b64decode(event.cloudevent["data"]["body_base64"])
+    assert body.startswith(kept)
+    assert len(kept) > 7_000_000
     check_publishable(event.data(), event.attributes())

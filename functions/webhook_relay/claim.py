@@ -19,8 +19,10 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import hashlib
+import logging
 import math
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -36,6 +38,9 @@ from .errors import Unavailable
 TTL_FIELD = "expire_at"
 CLAIMED, PUBLISHED = "claimed", "published"
 CALL_SECONDS = 2.5  # cap per Firestore call, so claim + publish + record fit the budget
+# Take-overs are rare; a burst of them (a region-wide outage ending) may queue, never block.
+TAKEOVER_THREADS = 16
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -66,9 +71,10 @@ class Claims(Protocol):
         """Raises `Unavailable` if the store cannot answer within the deadline."""
 
     def mark_published(
-        self, claim: Claimed, topic: str, message_id: str, deadline: Deadline
+        self, claim: Claimed, topic: str | None, message_id: str | None, deadline: Deadline
     ) -> None:
-        """May raise; the event is already published, so the caller only logs it."""
+        """Only while the claim is still ours. May raise; the event is already published,
+        so the caller only logs it."""
 
     def release(self, claim: Claimed, deadline: Deadline) -> None:
         """Best effort: if it fails, the lease expiring releases the claim anyway."""
@@ -94,7 +100,7 @@ class FirestoreClaims:
         self._ttl = timedelta(hours=ttl_hours)
         self._clock = clock
         # Transactions take no timeout for begin/commit; a worker thread bounds them.
-        self._workers = concurrent.futures.ThreadPoolExecutor(4, "claim-takeover")
+        self._workers = concurrent.futures.ThreadPoolExecutor(TAKEOVER_THREADS, "claim-takeover")
 
     def claim(
         self, webhook_id: str, event_type: str, subject: str | None, deadline: Deadline
@@ -102,8 +108,10 @@ class FirestoreClaims:
         ref = self._ref(webhook_id)
         now = self._now()
         lease_until = now + self._lease
+        owner = uuid.uuid4().hex  # this request: tells our own landed create from another's
         record = {
             "webhook_id": webhook_id,
+            "owner": owner,
             "state": CLAIMED,
             "lease_until": lease_until,
             "attempts": 1,
@@ -121,10 +129,14 @@ class FirestoreClaims:
         except api_exceptions.AlreadyExists:
             pass
         except Unavailable:
-            self._undo_uncertain_create(ref, lease_until, deadline)
+            self._undo_uncertain_create(ref, owner, deadline)
             raise
         snapshot = self._call(deadline, lambda options: ref.get(**options))
-        found = _decide(webhook_id, snapshot.to_dict() if snapshot.exists else None, now)
+        current = snapshot.to_dict() if snapshot.exists else None
+        if current is not None and current.get("owner") == owner:
+            # Our create landed but its answer was lost, and the retry found it.
+            return Claimed(webhook_id, 1, snapshot.update_time)
+        found = _decide(webhook_id, current, now)
         if found is not None:
             return found
         return self._take_over(ref, record, deadline)
@@ -150,6 +162,7 @@ class FirestoreClaims:
             transaction.update(
                 ref,
                 {
+                    "owner": record["owner"],
                     "state": CLAIMED,
                     "lease_until": now + self._lease,
                     "attempts": attempts,
@@ -161,7 +174,8 @@ class FirestoreClaims:
             return Claimed(webhook_id, attempts, None)
 
         def run() -> ClaimResult:
-            transaction = self._client().transaction()
+            # Queued behind other take-overs past the request's budget: its answer is gone.
+            transaction = BoundedTransaction(self._client(), deadline.timeout(CALL_SECONDS))
             result: ClaimResult = take(transaction)
             if isinstance(result, Claimed):
                 written = transaction.write_results or []
@@ -180,15 +194,15 @@ class FirestoreClaims:
             raise Unavailable(f"Firestore failed ({type(exc).__name__})") from exc
 
     def _undo_uncertain_create(
-        self, ref: firestore.DocumentReference, lease_until: datetime, deadline: Deadline
+        self, ref: firestore.DocumentReference, owner: str, deadline: Deadline
     ) -> None:
         """A create that timed out may still have been written. Left alone, that claim would
-        answer Gemini's retries `in_flight` for a whole lease; release it if it is ours (our
-        lease end, to the microsecond, serves as the token) and nobody wrote since."""
+        answer Gemini's retries `in_flight` for a whole lease; release it if it is ours and
+        nobody wrote since."""
         with contextlib.suppress(Exception):
             snapshot = self._call(deadline, lambda options: ref.get(**options))
             current = snapshot.to_dict() if snapshot.exists else None
-            if current and current.get("lease_until") == lease_until and current["attempts"] == 1:
+            if current and current.get("owner") == owner and current["attempts"] == 1:
                 option = self._client().write_option(last_update_time=snapshot.update_time)
                 self._call(
                     deadline,
@@ -198,7 +212,7 @@ class FirestoreClaims:
                 )
 
     def mark_published(
-        self, claim: Claimed, topic: str, message_id: str, deadline: Deadline
+        self, claim: Claimed, topic: str | None, message_id: str | None, deadline: Deadline
     ) -> None:
         now = self._now()
         fields = {
@@ -209,7 +223,10 @@ class FirestoreClaims:
             TTL_FIELD: now + self._ttl,
         }
         ref = self._ref(claim.webhook_id)
-        self._call(deadline, lambda options: ref.update(fields, **options))
+        # Only over our own claim: a request whose lease ran out must not overwrite the record
+        # of the one that took over (FailedPrecondition reaches the caller).
+        option = self._client().write_option(last_update_time=claim.token)
+        self._call(deadline, lambda options: ref.update(fields, option=option, **options))
 
     def release(self, claim: Claimed, deadline: Deadline) -> None:
         ref = self._ref(claim.webhook_id)
@@ -239,6 +256,57 @@ class FirestoreClaims:
             raise
         except api_exceptions.GoogleAPIError as exc:
             raise Unavailable(f"Firestore failed ({type(exc).__name__})") from exc
+
+
+class BoundedTransaction(firestore.Transaction):
+    """A transaction whose begin and commit give up after `timeout` seconds.
+
+    The library runs both with the defaults of its generated client (60 s, retried) and takes
+    no timeout for them; a request must answer within 10 s. These two overrides pass one, and
+    otherwise do what the library's own methods do (google-cloud-firestore, pinned in
+    functions/requirements.txt).
+    """
+
+    def __init__(self, client: firestore.Client, timeout: float) -> None:
+        super().__init__(client, max_attempts=2)
+        self._timeout = timeout
+
+    def _bounds(self) -> dict[str, Any]:
+        # The default retry policy would also keep trying for 60 s.
+        retry = Retry(
+            predicate=if_transient_error, initial=0.05, maximum=0.5, timeout=self._timeout
+        )
+        return {"retry": retry, "timeout": self._timeout}
+
+    def _begin(self, retry_id: bytes | None = None) -> None:
+        if self.in_progress:
+            raise ValueError("transaction already begun")
+        response = self._client._firestore_api.begin_transaction(
+            request={
+                "database": self._client._database_string,
+                "options": self._options_protobuf(retry_id),
+            },
+            metadata=self._client._rpc_metadata,
+            **self._bounds(),
+        )
+        self._id = response.transaction
+
+    def _commit(self) -> list[Any]:
+        if not self.in_progress:
+            raise ValueError("no transaction in progress")
+        response = self._client._firestore_api.commit(
+            request={
+                "database": self._client._database_string,
+                "writes": self._write_pbs,
+                "transaction": self._id,
+            },
+            metadata=self._client._rpc_metadata,
+            **self._bounds(),
+        )
+        self._clean_up()
+        self.write_results = list(response.write_results)
+        self.commit_time = response.commit_time
+        return self.write_results
 
 
 def _decide(webhook_id: str, record: dict[str, Any] | None, now: datetime) -> ClaimResult | None:

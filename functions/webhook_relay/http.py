@@ -6,6 +6,7 @@ Every path ends in a documented answer. An exception nobody expected is still an
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -71,8 +72,13 @@ def _response(answer: _Answer, webhook_id: str | None) -> flask.Response:
         body["webhook_id"] = webhook_id
     if answer.detail:
         body["detail"] = answer.detail
-    response = flask.jsonify(body)
-    response.status_code = answer.http_status
+    payload = json.dumps(body).encode()
+    # An iterator, not bytes, makes a "streamed" response, for which functions-framework's
+    # after-request hook skips `request.get_data()`: that would buffer the rest of the upload,
+    # so a refused 64 MiB body would cost 64 MiB of memory and delay the answer until sent.
+    # The server then discards at most a little of the unread body before closing.
+    response = flask.Response(iter([payload]), answer.http_status, mimetype="application/json")
+    response.headers["Content-Length"] = str(len(payload))
     if answer.retry_after is not None:
         response.headers["Retry-After"] = str(answer.retry_after)
     if answer.http_status == 405:
@@ -130,7 +136,15 @@ def _read_body(request: flask.Request, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
-        chunk = request.stream.read(min(READ_CHUNK, limit + 1 - size))
+        try:
+            chunk = request.stream.read(min(READ_CHUNK, limit + 1 - size))
+        except Exception as exc:
+            # Only the client's bytes can fail here: a truncated body, a Content-Length that
+            # lies (werkzeug's ClientDisconnected), a broken chunked encoding (the server's
+            # parse errors). The sender's problem, not ours: 400, and no retry will help.
+            raise BadRequest(
+                f"request body not received completely ({type(exc).__name__})"
+            ) from None
         if not chunk:
             return b"".join(chunks)
         size += len(chunk)

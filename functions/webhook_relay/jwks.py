@@ -10,7 +10,6 @@ of made-up `kid`s cannot turn into a flood of fetches), and re-fetched when olde
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import logging
 import threading
@@ -34,15 +33,65 @@ log = logging.getLogger(__name__)
 Fetch = Callable[[str, float], bytes]
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    # A redirect could lead anywhere, https to http included: a 3xx is a failed fetch.
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
 def fetch_url(url: str, timeout: float) -> bytes:
+    """The key set's bytes, read within `timeout` seconds in all (not per socket read).
+
+    Name resolution cannot be interrupted here; `KeySet` bounds the wait for it instead.
+    """
+    deadline = time.monotonic() + timeout
     request = urllib.request.Request(  # noqa: S310 - config allows only https or loopback http
         url, headers={"Accept": "application/json", "User-Agent": "gemini-webhook-relay"}
     )
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-        body: bytes = response.read(MAX_KEY_SET_BYTES + 1)
-    if len(body) > MAX_KEY_SET_BYTES:
-        raise ValueError("key set larger than 512 KiB")
-    return body
+    body = bytearray()
+    with _OPENER.open(request, timeout=timeout) as response:
+        # read1: one socket read at a time, so a server trickling bytes meets the deadline.
+        while chunk := response.read1(64 * 1024):
+            body += chunk
+            if len(body) > MAX_KEY_SET_BYTES:
+                raise ValueError("key set larger than 512 KiB")
+            if time.monotonic() > deadline:
+                raise TimeoutError("key set fetch took too long")
+    return bytes(body)
+
+
+class _Fetch:
+    """One fetch in a thread of its own, so that every waiter (the request that started it
+    and any that joined) gives up at the same moment: `timeout` after it started."""
+
+    def __init__(self, fetch: Fetch, url: str, timeout: float, install: Callable[[bytes], None]):
+        self._deadline = time.monotonic() + timeout
+        self._done = threading.Event()
+        self.error: Unavailable | None = None
+
+        def run() -> None:
+            try:
+                install(fetch(url, timeout))
+            except Exception as exc:
+                # OSError (URLError, HTTPError, timeouts), HTTPException (a truncated or garbled
+                # answer), ValueError (not a key set): the set cannot be used, try later.
+                self.error = Unavailable(f"key set unreachable ({type(exc).__name__})")
+            finally:
+                self._done.set()
+
+        threading.Thread(target=run, name="jwks-fetch", daemon=True).start()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self) -> Unavailable | None:
+        """None once the new keys are installed; otherwise why they are not."""
+        if not self._done.wait(max(0.0, self._deadline - time.monotonic())):
+            return Unavailable("key set unreachable (too slow)")
+        return self.error
 
 
 def parse_key_set(raw: bytes) -> dict[str, RSAPublicKey]:
@@ -89,6 +138,7 @@ class KeySet:
         self._keys: Mapping[str, RSAPublicKey] | None = None
         self._fetched_at = 0.0
         self._attempted_at: float | None = None
+        self._pending: _Fetch | None = None
         self.fetches = 0
 
     def key_for(self, kid: str) -> RSAPublicKey:
@@ -100,51 +150,45 @@ class KeySet:
         keys = self._keys
         if keys is not None and kid in keys and not self._stale():
             return keys[kid]
-        with self._lock:
-            if self._keys is None:
-                if not self._may_refresh():
-                    # The first fetch failed moments ago. Fetching again for every waiting
-                    # request would hold each one (in turn, behind this lock) for a whole
-                    # fetch timeout and pass the 10 s answer budget; the rate limit of
-                    # unknown-kid refreshes applies here too, as every kid is unknown.
-                    raise Unavailable("key set unreachable (retrying it shortly)")
-                self._refresh()
-            elif self._stale() and self._may_refresh():
-                try:
-                    self._refresh()
-                except Unavailable:
-                    log.warning("key set refresh failed; keeping the cached keys")
-            key = self._lookup(kid)
-            if key is not None:
-                return key
-            if not self._may_refresh():
-                raise Unauthorized("unknown JWT key id (key set refreshed recently)")
-            self._refresh()
-            key = self._lookup(kid)
-        if key is None:
-            raise Unauthorized("unknown JWT key id")
-        return key
+        fetch = self._join_or_start_fetch()
+        error = fetch.wait() if fetch is not None else None
+        keys = self._keys
+        if keys is None:
+            # Never fetched. A first fetch that failed moments ago is not retried for every
+            # waiting request: the rate limit of unknown-kid refreshes applies, as every kid
+            # is unknown.
+            raise error or Unavailable("key set unreachable (retrying it shortly)")
+        key = keys.get(kid)
+        if key is not None:
+            if error is not None:
+                log.warning("key set refresh failed; keeping the cached keys")
+            return key
+        if error is not None:
+            raise error
+        if fetch is None:
+            raise Unauthorized("unknown JWT key id (key set refreshed recently)")
+        raise Unauthorized("unknown JWT key id")
 
-    def _lookup(self, kid: str) -> RSAPublicKey | None:
-        return None if self._keys is None else self._keys.get(kid)
+    def _join_or_start_fetch(self) -> _Fetch | None:
+        """The fetch in flight, else a new one, else None if the rate limit forbids it."""
+        with self._lock:
+            if self._pending is not None and not self._pending.done():
+                return self._pending
+            last = self._attempted_at
+            if last is not None and self._clock() - last < self._refresh_interval:
+                return None
+            self._attempted_at = self._clock()
+            self.fetches += 1
+            self._pending = _Fetch(self._fetch, self.url, self._timeout, self._install)
+            return self._pending
+
+    def _install(self, raw: bytes) -> None:
+        keys = parse_key_set(raw)
+        with self._lock:
+            self._keys, self._fetched_at = keys, self._clock()
 
     def _stale(self) -> bool:
         return self._clock() - self._fetched_at > self._max_age
-
-    def _may_refresh(self) -> bool:
-        last = self._attempted_at
-        return last is None or self._clock() - last >= self._refresh_interval
-
-    def _refresh(self) -> None:
-        self._attempted_at = self._clock()
-        self.fetches += 1
-        try:
-            keys = parse_key_set(self._fetch(self.url, self._timeout))
-        except (OSError, ValueError, http.client.HTTPException) as exc:
-            # OSError covers URLError, HTTPError and socket timeouts; HTTPException (not an
-            # OSError) a truncated or garbled answer, e.g. IncompleteRead or BadStatusLine.
-            raise Unavailable(f"key set unreachable ({type(exc).__name__})") from None
-        self._keys, self._fetched_at = keys, self._clock()
 
 
 def unverified_header(token: str) -> Mapping[str, Any]:

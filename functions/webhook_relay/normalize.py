@@ -16,10 +16,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 SOURCE = "https://generativelanguage.googleapis.com"
+# Types under `relay.` are the relay's own. A delivered one is an unknown Gemini type like any
+# other (kind `other`); consumers tell ours apart by its data, which never holds `gemini`.
 QUARANTINED = "relay.quarantined"
 KINDS = frozenset({"batch", "interaction", "video"})
 NON_TERMINAL = frozenset({"requires_action"})
 MAX_ATTRIBUTE_BYTES = 1024  # a Pub/Sub attribute value's limit
+# Pub/Sub refuses a publish request over 10 MB; the attributes (at most ~10 KB here) and the
+# request's framing share it with the data.
+MAX_DATA_BYTES = 10_000_000 - 64 * 1024
+# Google's Pub/Sub protocol binding for CloudEvents, structured mode: the event is the data,
+# `content-type` says so, and the core context attributes are mirrored as `ce-*`.
+CONTENT_TYPE = "application/cloudevents+json; charset=utf-8"
+_MIRRORED = ("specversion", "id", "source", "type", "time", "subject")
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 
 
@@ -34,16 +43,26 @@ class Event:
     def data(self) -> bytes:
         return self.encoded
 
+    @property
+    def ping(self) -> bool:
+        # WebhookService's ping has no documented body: any type `ping` or ending in `.ping`.
+        return not self.quarantined and (self.type == "ping" or self.type.endswith(".ping"))
+
     def attributes(self) -> dict[str, str]:
         attributes = {
             "event_type": self.type,
             "webhook_id": self.cloudevent["id"],
             "signature": self.cloudevent["signature"],
+            "content-type": CONTENT_TYPE,
         }
-        # An id too long for an attribute stays in the event (`subject`, `job_id`): the message
-        # must still be publishable, or the delivery would be refused on every retry.
-        if self.subject is not None and len(self.subject.encode()) <= MAX_ATTRIBUTE_BYTES:
-            attributes["subject"] = self.subject
+        for name in _MIRRORED:
+            value = self.cloudevent.get(name)
+            # An id too long for an attribute stays in the event (`subject`, `job_id`): the
+            # message must still be publishable, or the delivery would be refused on every retry.
+            if value is not None and len(value.encode()) <= MAX_ATTRIBUTE_BYTES:
+                attributes[f"ce-{name}"] = value
+        if "ce-subject" in attributes:
+            attributes["subject"] = attributes["ce-subject"]
         return attributes
 
 
@@ -56,13 +75,14 @@ def normalize(webhook_id: str, timestamp: int, body: bytes, signature: str) -> E
     payload = envelope.get("data")
     fields: dict[str, Any] = payload if isinstance(payload, dict) else {}
     subject = _identifier(fields.get("id"))
-    family, _, _ = event_type.partition(".")
+    family, dot, _ = event_type.partition(".")
     outcome = event_type.rpartition(".")[2]
     cloudevent = _cloudevent(
         webhook_id, event_type, subject, _time(envelope.get("timestamp"), timestamp), signature
     )
     cloudevent["data"] = {
-        "kind": family if family in KINDS else "other",
+        # `batch` alone is no batch event: routing's `batch.*` does not match it either.
+        "kind": family if dot and family in KINDS else "other",
         "outcome": outcome,
         "terminal": outcome not in NON_TERMINAL,
         "job_id": subject,
@@ -73,19 +93,31 @@ def normalize(webhook_id: str, timestamp: int, body: bytes, signature: str) -> E
         "user_metadata": _user_metadata(envelope, fields),
         "gemini": envelope,
     }
+    # Whatever cannot be encoded or published would be answered 503 on every retry, for 24 h:
+    # an authentic delivery we cannot publish as read is kept, quarantined, instead.
     try:
         encoded = _encode(cloudevent)
     except UnicodeEncodeError:
         # An unpaired surrogate (the escape `"\ud800"`, or its raw bytes, which json reads
-        # with `surrogatepass`) is a string with no UTF-8 form: the event could never be
-        # published, and the delivery would be answered 503 on every retry.
+        # with `surrogatepass`) is a string with no UTF-8 form.
         return _quarantine(webhook_id, timestamp, body, signature, "body has an unpaired surrogate")
+    except RecursionError:  # read at a depth the encoder, three levels deeper, cannot reach
+        return _quarantine(webhook_id, timestamp, body, signature, "body nests too deeply")
+    if len(encoded) > MAX_DATA_BYTES:  # `data.id` and the envelope are copied into the event
+        return _quarantine(webhook_id, timestamp, body, signature, "too_large")
     return Event(event_type, subject, cloudevent, quarantined=False, encoded=encoded)
 
 
 def _quarantine(webhook_id: str, timestamp: int, body: bytes, signature: str, reason: str) -> Event:
     cloudevent = _cloudevent(webhook_id, QUARANTINED, None, _unix_time(timestamp), signature)
-    cloudevent["data"] = {"reason": reason, "body_base64": base64.b64encode(body).decode("ascii")}
+    cloudevent["data"] = {"reason": reason, "body_base64": ""}
+    # Cut the body to what fits (base64 is 4 bytes per 3); the configurable body limit keeps
+    # this from happening to any body that is not JSON (config.MAX_BODY_BYTES_LIMIT).
+    room = (MAX_DATA_BYTES - len(_encode(cloudevent))) // 4 * 3
+    if len(body) > room:
+        cloudevent["data"]["reason"] = "too_large"
+        body = body[:room]
+    cloudevent["data"]["body_base64"] = base64.b64encode(body).decode("ascii")
     return Event(QUARANTINED, None, cloudevent, quarantined=True, encoded=_encode(cloudevent))
 
 
@@ -154,6 +186,8 @@ def _error(fields: dict[str, Any]) -> dict[str, Any] | None:
     nested = fields.get("error")
     if isinstance(nested, dict) and ("code" in nested or "message" in nested):
         return {"code": nested.get("code"), "message": nested.get("message")}
+    if isinstance(nested, str) and nested:
+        return {"code": fields.get("error_code"), "message": nested}
     if "error_code" in fields or "error_message" in fields:
         return {"code": fields.get("error_code"), "message": fields.get("error_message")}
     return None

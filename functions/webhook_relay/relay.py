@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from google.api_core import exceptions as api_exceptions
+
 from .claim import Claimed, Claims, Duplicate, InFlight
 from .deadline import Deadline
 from .normalize import normalize
@@ -17,12 +19,14 @@ from .routing import Routes
 from .verify import Delivery
 
 log = logging.getLogger(__name__)
-RELEASE_BUDGET_SECONDS = 1.5
+# The record's last write (release after a failure, or `published` after a publish) gets a
+# budget of its own, since the request's may be what ran out: 8 s + 1.5 s stays inside 10 s.
+RECORD_BUDGET_SECONDS = 1.5
 
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # accepted | quarantined | duplicate | in_flight
+    status: str  # accepted | quarantined | duplicate | in_flight | ping
     http_status: int
     event_type: str
     topic: str | None = None
@@ -44,6 +48,9 @@ class Relay:
             return Outcome("duplicate", 200, event.type)
         if isinstance(claim, InFlight):
             return Outcome("in_flight", 409, event.type, retry_after=claim.retry_after)
+        if event.ping:  # recorded, so `register` can see it arrived; there is nothing to publish
+            self._record(claim, None, None)
+            return Outcome("ping", 200, event.type, attempts=claim.attempts)
 
         topic = self._routes.unrouted if event.quarantined else self._routes.topic_for(event.type)
         try:
@@ -51,23 +58,33 @@ class Relay:
         except BaseException:
             self._release(claim)
             raise
+        self._record(claim, topic, message_id)
+        status = "quarantined" if event.quarantined else "accepted"
+        return Outcome(status, 200, event.type, topic, message_id, attempts=claim.attempts)
+
+    def _record(self, claim: Claimed, topic: str | None, message_id: str | None) -> None:
+        # Published is published: the answer is 2xx whatever happens to the record.
+        context = {"webhook_id": claim.webhook_id, "message_id": message_id}
         try:
-            self._claims.mark_published(claim, topic, message_id, deadline)
-        except Exception as exc:  # published is published: answer 2xx, the lease decides later
+            self._claims.mark_published(claim, topic, message_id, Deadline(RECORD_BUDGET_SECONDS))
+        except api_exceptions.FailedPrecondition:
+            log.error(
+                "claim lost while publishing: its lease ran out and another request took it "
+                "over, so this event may be published twice",
+                extra={**context, "status": "published_twice"},
+            )
+        except Exception as exc:
             log.error(
                 "event published but its record was not updated (%s); a retry after the "
                 "lease may publish it again",
                 type(exc).__name__,
-                extra={"webhook_id": delivery.webhook_id, "message_id": message_id},
+                extra=context,
             )
-        status = "quarantined" if event.quarantined else "accepted"
-        return Outcome(status, 200, event.type, topic, message_id, attempts=claim.attempts)
 
     def _release(self, claim: Claimed) -> None:
-        # A budget of its own, since the request's may be what ran out: an unreleased claim
-        # makes Gemini's next retry wait for the lease. 8 s + 1.5 s stays inside 10 s.
+        # An unreleased claim makes Gemini's next retry wait for the lease.
         try:
-            self._claims.release(claim, Deadline(RELEASE_BUDGET_SECONDS))
+            self._claims.release(claim, Deadline(RECORD_BUDGET_SECONDS))
         except Exception as exc:
             log.warning(
                 "claim not released (%s); it frees itself when its lease ends",

@@ -82,7 +82,7 @@ class RelayEvent:
 
     @property
     def quarantined(self) -> bool:
-        return self.type == QUARANTINED
+        return self.reason is not None
 
 
 def parse_event(message: _Message | bytes | bytearray | memoryview | Any) -> RelayEvent:
@@ -121,7 +121,9 @@ def parse_event(message: _Message | bytes | bytearray | memoryview | Any) -> Rel
         "attributes": attributes,
         "cloudevent": cloudevent,
     }
-    if event_type == QUARANTINED:
+    # A delivered event whose type is `relay.quarantined` (reserved, but a sender may send it)
+    # carries the Gemini envelope; only the relay's own quarantine has none.
+    if event_type == QUARANTINED and "gemini" not in payload:
         return _quarantined(payload, common)
 
     missing = [name for name in _EVENT_FIELDS if name not in payload]

@@ -209,6 +209,29 @@ def test_one_entry_per_secret(send: Send, fake_relay: MakeRelay) -> None:
     verify(new, received)
 
 
+def test_secrets_from_a_file_stay_off_the_command_line(
+    send: Send, fake_relay: MakeRelay, tmp_path: Path
+) -> None:
+    old, new = new_secret(), new_secret()
+    (tmp_path / "secrets").write_text(f"{old},\n{new}\n")
+    relay = fake_relay()
+    result = send("--url", relay.url, "--secrets-file", str(tmp_path / "secrets"))
+    assert result.returncode == 0, result.stderr
+    [received] = relay.received
+    verify(old, received)
+    verify(new, received)
+
+
+def test_secrets_from_the_environment(send: Send, fake_relay: MakeRelay) -> None:
+    secret = new_secret()
+    relay = fake_relay()
+    result = send("--url", relay.url, env={"WEBHOOK_SIGNING_SECRETS": secret})
+    assert result.returncode == 0, result.stderr
+    [received] = relay.received
+    verify(secret, received)
+    assert secret not in result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("event_type", EVENT_TYPES)
 def test_envelope_of_every_catalog_type(send: Send, fake_relay: MakeRelay, event_type: str) -> None:
     relay = fake_relay()

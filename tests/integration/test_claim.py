@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,7 +17,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.document import DocumentReference
 
 from tests.integration.harness import Stack
-from webhook_relay.claim import Claimed, Duplicate, FirestoreClaims, InFlight
+from webhook_relay.claim import BoundedTransaction, Claimed, Duplicate, FirestoreClaims, InFlight
 from webhook_relay.deadline import Deadline
 from webhook_relay.emulators import free_port
 from webhook_relay.errors import Unavailable
@@ -117,3 +120,61 @@ def test_firestore_unreachable_is_unavailable_within_the_budget() -> None:
     with pytest.raises(Unavailable):
         store.claim("msg_x", "batch.succeeded", None, deadline)
     assert deadline.remaining() > -0.5
+
+
+def test_own_create_that_landed_before_a_retry_is_ours(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The create committed, its answer was lost, the library retried it: AlreadyExists, for
+    # a record that is this request's own claim, not another request's (no 409 for a lease).
+    real_create = DocumentReference.create
+
+    def create_twice(self: DocumentReference, *args: Any, **kwargs: Any) -> Any:
+        real_create(self, *args, **kwargs)
+        return real_create(self, *args, **kwargs)
+
+    monkeypatch.setattr(DocumentReference, "create", create_twice)
+    store, webhook_id = claims(stack), "msg_" + secrets.token_hex(6)
+
+    first = claim(store, webhook_id)
+    monkeypatch.undo()
+    other = claim(store, webhook_id)
+
+    assert isinstance(first, Claimed)
+    assert first.attempts == 1
+    assert isinstance(other, InFlight)  # and still a live claim for everyone else
+    store.mark_published(first, "gemini-batch", "m-1", Deadline())  # its token is the record's
+    assert claim(store, webhook_id) == Duplicate(webhook_id)
+
+
+def test_a_claim_taken_over_since_is_not_marked_published(stack: Stack) -> None:
+    later = [0.0]
+    store = claims(stack)
+    late = claims(stack, clock=lambda: datetime.now(UTC).timestamp() + later[0])
+    webhook_id = "msg_" + secrets.token_hex(6)
+    stale = claim(store, webhook_id)
+    later[0] = 60
+    current = claim(late, webhook_id)
+
+    with pytest.raises(api_exceptions.FailedPrecondition):
+        store.mark_published(stale, "gemini-batch", "m-stale", Deadline())
+
+    record = stack.record(COLLECTION, webhook_id)
+    assert isinstance(current, Claimed)
+    assert record is not None
+    assert (record["state"], record["message_id"]) == ("claimed", None)
+
+
+def test_transaction_begin_and_commit_give_up_at_their_timeout(own_stack: Stack) -> None:
+    # The library's own begin/commit wait up to 60 s for a Firestore that does not answer.
+    transaction = BoundedTransaction(own_stack.db, timeout=0.5)
+    pid = own_stack.firestore_emulator.pid
+    assert pid is not None
+    os.killpg(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(api_exceptions.DeadlineExceeded):
+            transaction._begin()
+        assert time.monotonic() - started < 5
+    finally:
+        os.killpg(pid, signal.SIGCONT)

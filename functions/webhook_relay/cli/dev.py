@@ -53,6 +53,9 @@ WARM_UP_COLLECTION = "webhook-relay-dev-warm-up"
 EMULATOR_KINDS = {"firestore": "Firestore", "pubsub": "Pub/Sub"}
 
 
+DEFAULT_CONCURRENCY = 40  # infra/variables.tf `concurrency`
+
+
 @click.command()
 @click.option(
     "--port",
@@ -96,6 +99,9 @@ def dev(port: int, project: str, prefix: str, state_dir: Path) -> None:
         "GEMINI_JWT_AUDIENCE": f"{url},http://localhost:{port}",
         "GEMINI_JWKS_URL": f"http://{HOST}:1{JWKS_PATH}",  # checked now, set for real below
         "PYTHONUNBUFFERED": "1",
+        # functions-framework serves 4 threads per CPU unless told; Cloud Functions sends up to
+        # the per-instance concurrency at once (infra: var.concurrency), so match it.
+        "THREADS": os.environ.get("THREADS", str(DEFAULT_CONCURRENCY)),
     }
     try:
         topics = load_settings(base_env).routes.topics()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import email.utils
 import http.client
 import json
+import os
+import re
 import secrets as random_tokens
 import socket
 import time
@@ -19,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TextIO
 from urllib.parse import urlsplit
 
 import click
@@ -80,8 +82,14 @@ Sign = Callable[[str, int, bytes], str]
     "secret_values",
     multiple=True,
     metavar="whsec_…",
-    help="Sign with this secret (repeat for several, as during a rotation). "
-    "Default: the dev secret.",
+    help="Sign with this secret (repeat for several, as during a rotation). Visible to other "
+    "users in `ps`: prefer --secrets-file or WEBHOOK_SIGNING_SECRETS. Default: the dev secret.",
+)
+@click.option(
+    "--secrets-file",
+    type=click.File("r"),
+    help="Sign with the secrets in this file, separated by commas or white space "
+    "('-': standard input).",
 )
 @click.option(
     "--scheme",
@@ -135,6 +143,7 @@ def send(
     body_file: IO[bytes] | None,
     webhook_id: str | None,
     secret_values: Sequence[str],
+    secrets_file: TextIO | None,
     scheme: str,
     audience: str | None,
     retries: int,
@@ -163,6 +172,9 @@ def send(
     state = dev_state.load(state_dir)
     target = _url(url, state)
     body, shown_type, subject = _body(event_type, data_json, body_file)
+    secret_values = [*secret_values, *_separated(secrets_file.read() if secrets_file else "")]
+    if not secret_values:  # the name the relay reads, so one environment serves both
+        secret_values = _separated(os.environ.get("WEBHOOK_SIGNING_SECRETS", ""))
     sign, signed_with = _signer(scheme, secret_values, audience, target, state)
     webhook_id = webhook_id or "msg_" + random_tokens.token_hex(12)
     if not webhook_id.strip():
@@ -266,6 +278,10 @@ def _data_override(data_json: str | None) -> dict[str, Any] | None:
     return data
 
 
+def _separated(text: str) -> list[str]:
+    return [token for token in re.split(r"[\s,]+", text) if token]
+
+
 def _signer(
     scheme: str,
     secret_values: Sequence[str],
@@ -286,7 +302,10 @@ def _signer(
     values = list(secret_values)
     if not values:
         if state is None:
-            fail("no --secret, and no running `webhook-relay dev` to take one from")
+            fail(
+                "no --secret, --secrets-file or WEBHOOK_SIGNING_SECRETS, and no running "
+                "`webhook-relay dev` to take one from"
+            )
         values = [state.secret]
     keys = []
     for position, value in enumerate(values, start=1):

@@ -85,6 +85,7 @@ def write(state_dir: Path, state: DevState) -> Path:
     path = state_dir / STATE_FILE
     temporary = path.with_suffix(".tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)  # the mode of open() applies only to a file it creates
     with os.fdopen(descriptor, "w", encoding="utf-8") as file:
         file.write(state.to_json())
     temporary.replace(path)
@@ -93,6 +94,7 @@ def write(state_dir: Path, state: DevState) -> Path:
 
 def prepare(state_dir: Path) -> None:
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    state_dir.chmod(0o700)  # mkdir's mode applies only to a directory it creates
 
 
 def remove(state_dir: Path) -> None:
