@@ -35,10 +35,12 @@ class Sizes:
     imports: int
     memory: tuple[int, ...]
     claim_rounds: int
+    threads_cell: int  # deliveries a side at each concurrency of the THREADS rows
+    threads_rounds: int
 
 
-FULL = Sizes(21, 1600, 16, 600, 7, 9, e2e.MEMORY_CHECKPOINTS, 5)
-QUICK = Sizes(5, 60, 3, 20, 2, 2, (50, 100, 200), 1)
+FULL = Sizes(21, 1600, 16, 600, 7, 9, e2e.MEMORY_CHECKPOINTS, 5, 1200, 8)
+QUICK = Sizes(5, 60, 3, 20, 2, 2, (50, 100, 200), 1, 80, 2)
 
 
 class Progress:
@@ -95,20 +97,22 @@ def with_emulators(
     stack: Stack, sizes: Sizes, progress: Progress, running: contextlib.ExitStack
 ) -> list[Row]:
     secret = new_secret()
+    # Every function served here runs as many threads as Terraform gives an instance.
     plain_env = {
         name: value
         for name, value in os.environ.items()
         if name not in ("FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST")
-    }
+    } | {"THREADS": str(e2e.THREADS)}
     ours = coldstart.Function(
         coldstart.OURS,
         "receive_webhook",
         {**plain_env, **stack.env(), "WEBHOOK_SIGNING_SECRETS": secret},
     )
+    floor = coldstart.Function(coldstart.FLOOR, "floor", plain_env)
     hello = coldstart.Function(coldstart.HELLO, "hello", plain_env)
-    progress("4: cold start and import time")
+    progress("4: cold start, import time, modules loaded")
     first_deliveries = e2e.sign(secret, sizes.starts)
-    rows = coldstart.run(ours, hello, first_deliveries, sizes.starts, sizes.imports)
+    rows = coldstart.run(ours, floor, hello, first_deliveries, sizes.starts, sizes.imports)
 
     progress("3: end to end")
     relay = e2e.Served(stack, secret)
@@ -118,6 +122,9 @@ def with_emulators(
         stack, relay, secret, sizes.per_cell, sizes.e2e_rounds, sizes.warm_up
     )
     relay.stop()
+
+    progress("3: THREADS set vs unset")
+    rows += e2e.threads_rows(stack, secret, sizes.threads_cell, sizes.threads_rounds, sizes.warm_up)
 
     progress("5: memory")
     fresh = e2e.Served(stack, secret)  # a new worker: memory from its first delivery on

@@ -15,12 +15,15 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
+import hcl2
 from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 from google.cloud.pubsub_v1 import PublisherClient
 from google.cloud.pubsub_v1.types import BatchSettings, PubsubMessage
+from google.pubsub_v1.services.publisher import PublisherClient as GeneratedPublisher
 
 from bench.micro import envelope
 from bench.table import Row, Spread, quantile, ratio_of_rounds, times
@@ -32,11 +35,26 @@ from webhook_relay.normalize import normalize
 COLLECTION = "webhook_deliveries"  # the relay's default
 TOPIC = "gemini-batch"  # where the relay routes batch.succeeded
 CONCURRENCIES = (1, 8, 32)
-SERVER_THREADS = 4 * (os.cpu_count() or 1)  # functions-framework's default
+THREADS_AT = (32, 40)  # concurrencies of the THREADS rows, up to the deployed default
+DEFAULT_THREADS = 4 * (os.cpu_count() or 1)  # functions-framework's, when THREADS is unset
 DIRECT_AT = 8  # the concurrency at which the floor's publish variant is measured too
 LEASE = timedelta(seconds=30)
 TTL = timedelta(hours=72)
 MEMORY_CHECKPOINTS = (100, 1_000, 2_500, 5_000, 7_500, 10_000)
+
+
+def deployed_threads() -> int:
+    """THREADS as Terraform sets it: the per-instance concurrency (infra/variables.tf)."""
+    with (Path(__file__).resolve().parents[1] / "infra" / "variables.tf").open() as handle:
+        parsed = hcl2.load(handle)
+    for block in parsed["variable"]:
+        for name, body in block.items():
+            if name.strip('"') == "concurrency":
+                return int(body["default"])
+    raise RuntimeError("infra/variables.tf declares no `concurrency`")
+
+
+THREADS = deployed_threads()
 
 
 @dataclass(frozen=True)
@@ -168,8 +186,8 @@ class Floor:
 
     def _publish_direct(self, item: Signed) -> str:
         message = PubsubMessage(data=item.data, attributes=item.attributes)
-        message_id: str = self._publisher.api.publish(
-            topic=self._topic, messages=[message]
+        message_id: str = GeneratedPublisher.publish(
+            self._publisher, topic=self._topic, messages=[message]
         ).message_ids[0]
         return message_id
 
@@ -371,8 +389,8 @@ def throughput_rows(
                     ratio >= 0.8,
                     f"{size * count} deliveries a side in {count} rounds; keep-alive HTTP "
                     "client threads in the bench process, served by gunicorn's 1 worker with "
-                    f"{SERVER_THREADS} threads; floor: create, publish + result(), update with "
-                    "the raw clients in as many threads as the concurrency."
+                    f"{relay.threads or DEFAULT_THREADS} threads; floor: create, publish + "
+                    "result(), update with the raw clients in as many threads as the concurrency."
                     + _cpu_note(fresh["ours"], fresh["floor"])
                     + _unexpected(fresh["ours"], "accepted"),
                 )
@@ -389,7 +407,7 @@ def throughput_rows(
                         times(direct, 2),
                         "—",
                         None,
-                        "floor variant, in the same rounds: `publisher.api.publish(topic, "
+                        "floor variant, in the same rounds: the generated client's `publish(topic, "
                         "[message])`, which returns once Pub/Sub stored the message, without "
                         "`PublisherClient.publish`'s batching (two threads and a future per "
                         "message at max_messages=1)." + _cpu_note(fresh["ours"], fresh["direct"]),
@@ -413,6 +431,55 @@ def throughput_rows(
             )
     finally:
         floor.close()
+    return rows
+
+
+def threads_rows(stack: Stack, secret: str, per_cell: int, rounds: int, warm_up: int) -> list[Row]:
+    """Row 3: two relays, THREADS as Terraform sets it vs unset, at the concurrencies an
+    instance is sent; each round gives both sides as many new deliveries, in alternating
+    order."""
+    sides = {"tuned": Served(stack, secret), "default": Served(stack, secret, threads=None)}
+    rows: list[Row] = []
+    try:
+        for relay in sides.values():
+            relay.start()
+            drive(sign(secret, warm_up), 8, partial(HttpWorker, relay.port))
+        meters = {name: Meter.of(stack, relay) for name, relay in sides.items()}
+        for concurrency in THREADS_AT:
+            size = max(per_cell // rounds, 5 * concurrency)
+            count = max(2, per_cell // size)
+            cells = {name: Cell() for name in sides}
+            for index in range(count):
+                order = list(sides.items())
+                for name, relay in order if index % 2 == 0 else order[::-1]:
+                    worker = partial(HttpWorker, relay.port)
+                    cells[name].measure(meters[name], sign(secret, size), concurrency, worker)
+            tuned, default = cells["tuned"], cells["default"]
+            ratio = ratio_of_rounds(tuned.rates(), default.rates())
+            p99 = quantile(tuned.latencies(), 0.99) / quantile(default.latencies(), 0.99)
+            rows.append(
+                Row(
+                    "3",
+                    f"THREADS={THREADS} vs unset, new deliveries, concurrency {concurrency}",
+                    tuned.show(),
+                    default.show(),
+                    f"{times(ratio, 2)} throughput, {times(p99, 2)} p99",
+                    "—",
+                    None,
+                    f"{size * count} deliveries a side in {count} rounds. ours: THREADS="
+                    f"{THREADS}, as Terraform sets it (the per-instance concurrency, default "
+                    f"{THREADS}); reference: unset, so functions-framework runs "
+                    f"{DEFAULT_THREADS} threads here (4 per CPU: 4 on the deployed 1 CPU) and "
+                    "the other requests wait in gunicorn's queue, their latency counted from "
+                    f"the client's send. CPU ms per delivery of the served function: ours "
+                    f"{tuned.cpu_ms()[0]:.2f}, unset {default.cpu_ms()[0]:.2f}."
+                    + _unexpected(tuned, "accepted")
+                    + _unexpected(default, "accepted"),
+                )
+            )
+    finally:
+        for relay in sides.values():
+            relay.stop()
     return rows
 
 
@@ -462,10 +529,17 @@ def memory_row(server: Served, secret: str, checkpoints: Sequence[int] = MEMORY_
 
 
 class Served(RelayServer):
-    """The relay as the tests serve it, plus what a benchmark needs: its pid and a clean-up."""
+    """The relay as the tests serve it, plus what a benchmark needs: its pid and a clean-up.
+    THREADS is set as Terraform sets it unless `threads` is None (the framework's default)."""
 
-    def __init__(self, stack: Stack, secret: str) -> None:
-        super().__init__({**stack.env(), "WEBHOOK_SIGNING_SECRETS": secret})
+    def __init__(self, stack: Stack, secret: str, threads: int | None = THREADS) -> None:
+        env = {**stack.env(), "WEBHOOK_SIGNING_SECRETS": secret}
+        if threads is not None:
+            env["THREADS"] = str(threads)
+        super().__init__(env)
+        if threads is None:
+            self._env.pop("THREADS", None)  # nor from this process's environment
+        self.threads = threads
 
     @property
     def pid(self) -> int:

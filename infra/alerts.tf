@@ -3,13 +3,16 @@
 # hits it, apply again.
 resource "time_sleep" "metrics_propagate" {
   create_duration = "120s"
-  triggers        = { for name, metric in google_logging_metric.requests : name => metric.name }
+  triggers = merge(
+    { for name, metric in google_logging_metric.requests : name => metric.name },
+    { for name, metric in google_logging_metric.reconcile : name => metric.name },
+  )
 }
 
 locals {
   user_metric_filter = {
-    for name, metric in google_logging_metric.requests :
-    name => "metric.type=\"logging.googleapis.com/user/${time_sleep.metrics_propagate.triggers[name]}\" AND resource.type=\"cloud_run_revision\""
+    for name, metric_name in time_sleep.metrics_propagate.triggers :
+    name => "metric.type=\"logging.googleapis.com/user/${metric_name}\" AND resource.type=\"cloud_run_revision\""
   }
 
   dead_letter_subscription_ids = [for subscription in google_pubsub_subscription.dead_letter : subscription.name]
@@ -213,6 +216,148 @@ resource "google_monitoring_alert_policy" "dead_letters" {
       - Then run `webhook-relay redrive` on the dead-letter subscription: it re-publishes each
         message through the current routing table and acknowledges it only after the publish
         is confirmed.
+    EOT
+  }
+}
+
+resource "google_monitoring_alert_policy" "webhook_disabled" {
+  project               = var.project_id
+  display_name          = "${var.name_prefix}: Gemini disabled the relay's webhook"
+  combiner              = "OR"
+  severity              = "CRITICAL"
+  notification_channels = local.alert_channels
+
+  conditions {
+    display_name = "reconcile found a webhook disabled after failed deliveries"
+    condition_threshold {
+      filter          = local.user_metric_filter["webhook_disabled"]
+      comparison      = "COMPARISON_GT"
+      threshold_value = 0
+      duration        = "0s"
+      aggregations {
+        alignment_period     = "600s"
+        per_series_aligner   = "ALIGN_SUM"
+        cross_series_reducer = "REDUCE_SUM"
+      }
+    }
+  }
+
+  alert_strategy {
+    auto_close = "3600s"
+  }
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = <<-EOT
+      Gemini disabled a webhook registered for the relay (state
+      disabled_due_to_failed_deliveries): it delivers nothing more until it is enabled again.
+      reconcile keeps publishing the terminal job events it finds, after the grace period.
+
+      - Find out why deliveries failed: the relay's 5xx alert, its logs, quotas.
+      - Then enable the webhook again (`webhook-relay status` shows it), or let reconcile do it:
+        variable reenable_webhooks = true.
+    EOT
+  }
+}
+
+resource "google_monitoring_alert_policy" "missed_events" {
+  project               = var.project_id
+  display_name          = "${var.name_prefix}: job events Gemini never delivered"
+  combiner              = "OR"
+  severity              = "WARNING"
+  notification_channels = local.alert_channels
+
+  conditions {
+    display_name = "reconcile published missed terminal events"
+    condition_threshold {
+      filter          = local.user_metric_filter["missed_event_reconciled"]
+      comparison      = "COMPARISON_GT"
+      threshold_value = 0
+      duration        = "0s"
+      # One series per event type, so the incident names it.
+      aggregations {
+        alignment_period     = "3600s"
+        per_series_aligner   = "ALIGN_SUM"
+        cross_series_reducer = "REDUCE_SUM"
+        group_by_fields      = ["metric.label.type"]
+      }
+    }
+  }
+
+  alert_strategy {
+    auto_close = "86400s"
+  }
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = <<-EOT
+      reconcile published terminal job events that Gemini never delivered (signature
+      `reconciled`), or job states Gemini has no event for (such as interaction.incomplete,
+      video.failed). Subscribers got them; nothing is lost. Many of them mean deliveries are
+      failing or the webhook does not cover these events.
+
+      - The function's log lines with jsonPayload.status="missed_event_reconciled" name each job
+        and event type.
+      - Check the webhook's subscribed events and state (`webhook-relay status`), and the relay's
+        401 and 5xx alerts.
+    EOT
+  }
+}
+
+resource "google_monitoring_alert_policy" "reconcile_failing" {
+  project               = var.project_id
+  display_name          = "${var.name_prefix}: reconcile runs failing"
+  combiner              = "OR"
+  severity              = "ERROR"
+  notification_channels = local.alert_channels
+
+  conditions {
+    display_name = "No completed reconcile run for 30 minutes"
+    condition_absent {
+      filter   = local.user_metric_filter["reconcile_runs"]
+      duration = "1800s"
+      aggregations {
+        alignment_period     = "600s"
+        per_series_aligner   = "ALIGN_SUM"
+        cross_series_reducer = "REDUCE_SUM"
+      }
+    }
+  }
+
+  conditions {
+    display_name = "reconcile answered 5xx"
+    condition_threshold {
+      filter = join(" AND ", [
+        "metric.type=\"run.googleapis.com/request_count\"",
+        local.reconcile_log_filter,
+        "metric.labels.response_code_class=\"5xx\"",
+      ])
+      comparison      = "COMPARISON_GT"
+      threshold_value = 0
+      duration        = "0s"
+      aggregations {
+        alignment_period     = "600s"
+        per_series_aligner   = "ALIGN_SUM"
+        cross_series_reducer = "REDUCE_SUM"
+      }
+    }
+  }
+
+  alert_strategy {
+    auto_close = "3600s"
+  }
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = <<-EOT
+      The safety net is not running: reconcile answered 5xx (503: it reached neither Firestore
+      nor the Gemini API), or no run completed for 30 minutes (the scheduler job paused or
+      failing, or the function not starting).
+
+      - The first log line of a failed start names the bad variable; a missing or empty Gemini
+        API key secret stops it too (add a version, see the README).
+      - Cloud Scheduler's job ${var.name_prefix}-reconcile shows its last attempt and answer.
+      - Runs that hit Gemini errors or 429s log them and retry on the next run.
     EOT
   }
 }

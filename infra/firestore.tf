@@ -8,7 +8,7 @@ resource "google_firestore_database" "relay" {
   # The database may outlive the relay (and hold other data): destroy leaves it in place.
   deletion_policy = "ABANDON"
 
-  depends_on = [google_project_service.relay]
+  depends_on = [time_sleep.apis_enabled]
 }
 
 # Firestore deletes a delivery record after its expire_at (typically within 24 h). The field is

@@ -2,7 +2,16 @@ data "archive_file" "source" {
   type        = "zip"
   source_dir  = "${path.module}/../functions"
   output_path = "${path.module}/.build/function-source.zip"
+  # Every file gets the same mode, so a developer's umask or checkout does not change the hash
+  # (and redeploy the function).
+  output_file_mode = "0666"
+  # Only what the functions run: the command line, the emulator and signing helpers (which
+  # import development-only packages) and caches stay out.
   excludes = [
+    "webhook_relay/cli/**",
+    "webhook_relay/emulators.py",
+    "webhook_relay/signing.py",
+    "requirements.in",
     "**/__pycache__/**",
     "**/*.pyc",
     "**/*.egg-info/**",
@@ -32,7 +41,7 @@ resource "google_storage_bucket" "source" {
     }
   }
 
-  depends_on = [google_project_service.relay]
+  depends_on = [time_sleep.apis_enabled]
 }
 
 resource "google_storage_bucket_object" "source" {
@@ -52,7 +61,7 @@ resource "google_cloudfunctions2_function" "relay" {
   build_config {
     runtime         = "python312"
     entry_point     = "receive_webhook"
-    service_account = var.build_service_account
+    service_account = local.build_service_account
 
     source {
       storage_source {
@@ -90,13 +99,9 @@ resource "google_cloudfunctions2_function" "relay" {
     }
   }
 
-  # The first revision starts only if it can already read the secret and reach its data.
-  depends_on = [
-    google_project_service.relay,
-    google_secret_manager_secret_iam_member.relay_accessor,
-    google_project_iam_member.relay_datastore,
-    google_pubsub_topic_iam_member.relay_publisher,
-  ]
+  # The build needs its account's grants, and the first revision starts only if it can already
+  # read the secret and reach its data: both wait until the grants have propagated.
+  depends_on = [time_sleep.apis_enabled, time_sleep.iam_propagated]
 }
 
 # Gemini cannot present Google credentials, so the endpoint is public. Every request is

@@ -23,15 +23,23 @@ locals {
     RELAY_TOPIC_PREFIX           = var.topic_prefix
     RELAY_ROUTES                 = var.routes == null ? null : jsonencode(var.routes)
     RELAY_DEDUP_COLLECTION       = var.dedup_collection
+    RELAY_JOBS_COLLECTION        = var.jobs_collection
     RELAY_DEDUP_TTL_HOURS        = tostring(var.dedup_ttl_hours)
     RELAY_CLAIM_LEASE_SECONDS    = tostring(var.claim_lease_seconds)
     GEMINI_JWT_AUDIENCE          = length(var.jwt_audiences) > 0 ? join(",", var.jwt_audiences) : null
     GEMINI_JWT_ISSUERS           = length(var.jwt_issuers) > 0 ? join(",", var.jwt_issuers) : null
     WEBHOOK_SIGNING_SECRETS_FILE = local.signing_secrets_file
+    # functions-framework serves each instance with THREADS worker threads (default 4 per CPU):
+    # fewer than the concurrency Cloud Run sends would queue requests inside the instance.
+    THREADS = tostring(var.concurrency)
   }
 
-  runtime_member       = "serviceAccount:${google_service_account.relay.email}"
-  pubsub_service_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+  runtime_member = "serviceAccount:${google_service_account.relay.email}"
+  # The build account in the form build_config wants (projects/<project>/serviceAccounts/<email>).
+  build_service_account = var.build_service_account != null ? var.build_service_account : one(google_service_account.build[*].id)
+  build_member          = "serviceAccount:${one(google_service_account.build[*].email)}"
+  pubsub_service_agent  = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+  source_buckets        = [google_storage_bucket.source.name, "gcf-v2-sources-${data.google_project.this.number}-${var.region}"]
 }
 
 data "google_project" "this" {

@@ -56,4 +56,6 @@ resource "google_monitoring_notification_channel" "email" {
   labels = {
     email_address = var.alert_email
   }
+
+  depends_on = [time_sleep.apis_enabled]
 }

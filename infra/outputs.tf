@@ -47,3 +47,23 @@ output "source_bucket" {
   description = "Bucket holding the function's source archives."
   value       = google_storage_bucket.source.name
 }
+
+output "dashboard_url" {
+  description = "The relay's Cloud Monitoring dashboard."
+  value       = "https://console.cloud.google.com/monitoring/dashboards/builder/${element(split("/", google_monitoring_dashboard.relay.id), 3)}?project=${var.project_id}"
+}
+
+output "reconcile_function_name" {
+  description = "Name of the reconcile function (private; run by its Cloud Scheduler job)."
+  value       = google_cloudfunctions2_function.reconcile.name
+}
+
+output "reconcile_scheduler_job" {
+  description = "Cloud Scheduler job that runs reconcile; `gcloud scheduler jobs run` starts a run now."
+  value       = google_cloud_scheduler_job.reconcile.name
+}
+
+output "gemini_api_key_secret_id" {
+  description = "Secret Manager secret holding the Gemini API key reconcile uses; add a version with gcloud."
+  value       = google_secret_manager_secret.gemini_api_key.secret_id
+}

@@ -9,7 +9,7 @@ resource "google_pubsub_topic" "relay" {
   name                       = each.key
   message_retention_duration = var.message_retention_duration
 
-  depends_on = [google_project_service.relay]
+  depends_on = [time_sleep.apis_enabled]
 }
 
 resource "google_pubsub_topic" "dead_letter" {
@@ -20,7 +20,7 @@ resource "google_pubsub_topic" "dead_letter" {
   name                       = "${each.key}-dead-letter"
   message_retention_duration = var.message_retention_duration
 
-  depends_on = [google_project_service.relay]
+  depends_on = [time_sleep.apis_enabled]
 }
 
 resource "google_pubsub_subscription" "relay" {

@@ -8,5 +8,5 @@ resource "google_secret_manager_secret" "signing_secrets" {
     auto {}
   }
 
-  depends_on = [google_project_service.relay]
+  depends_on = [time_sleep.apis_enabled]
 }

@@ -124,9 +124,14 @@ variable "jwt_issuers" {
 }
 
 variable "build_service_account" {
-  description = "Service account Cloud Build uses to build the function (projects/<project>/serviceAccounts/<email>). null uses the project's default build account."
+  description = "Service account Cloud Build builds the functions as (projects/<project>/serviceAccounts/<email>), holding at least the Logs Writer and Artifact Registry Writer roles and read access to the source bucket. null: a dedicated one is created with exactly those."
   type        = string
   default     = null
+
+  validation {
+    condition     = var.build_service_account == null ? true : can(regex("^projects/[^/]+/serviceAccounts/[^/@]+@[^/]+$", var.build_service_account))
+    error_message = "build_service_account must be projects/<project>/serviceAccounts/<email>, or null."
+  }
 }
 
 variable "firestore_database" {
@@ -240,4 +245,65 @@ variable "enable_apis" {
   description = "Enable the Google APIs the relay needs. Set to false when the project's APIs are managed elsewhere."
   type        = bool
   default     = true
+}
+
+variable "reconcile_schedule" {
+  description = "When Cloud Scheduler runs reconcile (cron, UTC). A missing event is published within the grace period plus one interval."
+  type        = string
+  default     = "*/10 * * * *"
+
+  validation {
+    condition     = length(split(" ", trimspace(var.reconcile_schedule))) == 5
+    error_message = "reconcile_schedule must be a cron expression of five fields, e.g. \"*/10 * * * *\"."
+  }
+}
+
+variable "jobs_collection" {
+  description = "RELAY_JOBS_COLLECTION: Firestore collection of job records (watch list, one terminal event per job); its expire_at field gets the TTL policy."
+  type        = string
+  default     = "gemini_jobs"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_-]{1,100}$", var.jobs_collection)) && !startswith(var.jobs_collection, "__")
+    error_message = "jobs_collection must be a plain Firestore collection id."
+  }
+}
+
+variable "relay_public_url" {
+  description = "RELAY_PUBLIC_URL: the URL registered with Gemini, by which reconcile finds the relay's webhooks. null: the function's own URL (function_url)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.relay_public_url == null ? true : startswith(var.relay_public_url, "https://")
+    error_message = "relay_public_url must be an https URL, or null."
+  }
+}
+
+variable "reconcile_grace_seconds" {
+  description = "RELAY_RECONCILE_GRACE_SECONDS: how long after a job's terminal state a missing event is synthesized."
+  type        = number
+  default     = 900
+
+  validation {
+    condition     = var.reconcile_grace_seconds >= 0 && var.reconcile_grace_seconds <= 604800 && floor(var.reconcile_grace_seconds) == var.reconcile_grace_seconds
+    error_message = "reconcile_grace_seconds must be a whole number from 0 to 604800."
+  }
+}
+
+variable "reconcile_lookback_hours" {
+  description = "RELAY_RECONCILE_LOOKBACK_HOURS: how far back batch jobs are checked."
+  type        = number
+  default     = 72
+
+  validation {
+    condition     = var.reconcile_lookback_hours >= 1 && var.reconcile_lookback_hours <= 720 && floor(var.reconcile_lookback_hours) == var.reconcile_lookback_hours
+    error_message = "reconcile_lookback_hours must be a whole number from 1 to 720."
+  }
+}
+
+variable "reenable_webhooks" {
+  description = "RELAY_REENABLE_WEBHOOKS: let reconcile re-enable a webhook Gemini disabled after failed deliveries."
+  type        = bool
+  default     = false
 }

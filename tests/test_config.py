@@ -12,9 +12,10 @@ import pytest
 
 from tests.support.fakes import FakeClock
 from tests.support.signing import Ed25519Signer, new_secret
-from webhook_relay import config
-from webhook_relay.config import DEFAULT_JWKS_URL, SigningSecrets, load_settings, parse_secrets
+from webhook_relay import config, signing_secrets
+from webhook_relay.config import DEFAULT_JWKS_URL, load_settings
 from webhook_relay.errors import ConfigError
+from webhook_relay.signing_secrets import SigningSecrets, parse_secrets
 
 SECRET = new_secret()
 KEY_BYTES = base64.b64decode(SECRET.removeprefix("whsec_"))
@@ -97,15 +98,15 @@ def test_secrets_file_change_is_seen_within_the_check_interval(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = FakeClock()
-    monkeypatch.setattr(config, "time", SimpleNamespace(monotonic=clock))
+    monkeypatch.setattr(signing_secrets, "time", SimpleNamespace(time=clock))
     path = tmp_path / "secrets"
     path.write_text(SECRET)
     settings = load_settings({"WEBHOOK_SIGNING_SECRETS_FILE": str(path)})
     rotated = new_secret()
     path.write_text(rotated)
     touch_later(path)
-    clock.advance(config.SECRETS_FILE_CHECK_SECONDS)
-    assert config.SECRETS_FILE_CHECK_SECONDS <= 10  # the contract's bound
+    clock.advance(signing_secrets.SECRETS_FILE_CHECK_SECONDS)
+    assert signing_secrets.SECRETS_FILE_CHECK_SECONDS <= 10  # the contract's bound
     assert settings.secrets.current() == parse_secrets(rotated, "V")
 
 
@@ -301,6 +302,25 @@ def test_non_integer_or_out_of_range_number_names_the_variable(variable: str, va
 @pytest.mark.parametrize("hours", ["1", "24"])
 def test_dedup_ttl_must_exceed_gemini_24_hours_of_retries(hours: str) -> None:
     assert settings_error({"RELAY_DEDUP_TTL_HOURS": hours}).variable == "RELAY_DEDUP_TTL_HOURS"
+
+
+@pytest.mark.parametrize("seconds", ["1", "9", "14"])
+def test_lease_shorter_than_a_request_can_hold_a_claim_is_refused(seconds: str) -> None:
+    # A request holds its claim up to 9.5 s: a shorter lease lets a retry take over a claim
+    # whose publish is still running, and publish the event again.
+    error = settings_error({"RELAY_CLAIM_LEASE_SECONDS": seconds})
+    assert error.variable == "RELAY_CLAIM_LEASE_SECONDS"
+
+
+def test_lease_of_15_seconds_is_accepted() -> None:
+    env = {"WEBHOOK_SIGNING_SECRETS": SECRET, "RELAY_CLAIM_LEASE_SECONDS": "15"}
+    assert load_settings(env).claim_lease_seconds == 15
+
+
+def test_gcp_project_is_read_and_listed() -> None:
+    env = {"WEBHOOK_SIGNING_SECRETS": SECRET, "GCP_PROJECT": "legacy-name"}
+    assert load_settings(env).project == "legacy-name"
+    assert "GCP_PROJECT" in config.ENVIRONMENT
 
 
 def test_dedup_ttl_of_25_hours_is_accepted() -> None:

@@ -510,7 +510,7 @@ def test_claim_lost_while_publishing_is_accepted_and_logged_as_a_double(
         relay.claims.records["msg_slow"].attempts += 1  # a retry took the claim over meanwhile
         return publish(*args)
 
-    relay.publisher.publish = slow_publish  # type: ignore[method-assign]
+    relay.publisher.publish = slow_publish  # type: ignore[method-assign,assignment]
     response = post(relay, BODY, headers_v1(SECRET, BODY, webhook_id="msg_slow"))
     assert response.json["status"] == "accepted"
     assert relay.claims.records["msg_slow"].state == "claimed"  # the successor's, untouched

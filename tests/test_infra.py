@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import json
 import re
 import shutil
 import subprocess
@@ -17,8 +18,9 @@ from functools import cache
 from pathlib import Path
 
 import hcl2
+import pytest
 
-from webhook_relay import config, routing
+from webhook_relay import config, jobs, reconcile, reconcile_app, routing
 from webhook_relay.claim import TTL_FIELD
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,6 +88,7 @@ class Terraform:
     variables: dict[str, Body]
     locals: Body
     resources: dict[str, dict[str, Body]]
+    outputs: dict[str, Body]
 
     def resource(self, kind: str, name: str | None = None) -> Body:
         found = self.resources.get(kind, {})
@@ -121,6 +124,7 @@ def terraform() -> Terraform:
     variables: dict[str, Body] = {}
     local_values: Body = {}
     resources: dict[str, dict[str, Body]] = {}
+    outputs: dict[str, Body] = {}
     files = sorted(INFRA.glob("*.tf"))
     assert files, f"no .tf files in {INFRA}"
     for path in files:
@@ -135,7 +139,10 @@ def terraform() -> Terraform:
             for kind, named in _mapping(entry, "resource").items():
                 for name, body in _mapping(named, kind).items():
                     resources.setdefault(kind, {})[name] = _mapping(body, f"{kind}.{name}")
-    return Terraform(variables, local_values, resources)
+        for entry in _list(parsed.get("output")):
+            for name, body in _mapping(entry, "output").items():
+                outputs[name] = _mapping(body, f"output {name}")
+    return Terraform(variables, local_values, resources, outputs)
 
 
 def _list(value: object) -> list[object]:
@@ -145,8 +152,8 @@ def _list(value: object) -> list[object]:
     return list(value)
 
 
-def _function() -> Body:
-    return terraform().resource("google_cloudfunctions2_function")
+def _function(name: str = "relay") -> Body:
+    return terraform().resource("google_cloudfunctions2_function", name)
 
 
 def _settings_defaults() -> config.Settings:
@@ -199,9 +206,12 @@ def test_every_checkov_skip_gives_a_reason() -> None:
 # --- the function ---------------------------------------------------------------------------
 
 
-def test_entry_point_is_defined_at_top_level_of_main_py() -> None:
-    build = _block(_function(), "build_config")
-    assert build.get("entry_point") == "receive_webhook"
+@pytest.mark.parametrize(
+    ("function", "entry_point"), [("relay", "receive_webhook"), ("reconcile", "reconcile")]
+)
+def test_entry_point_is_defined_at_top_level_of_main_py(function: str, entry_point: str) -> None:
+    build = _block(_function(function), "build_config")
+    assert build.get("entry_point") == entry_point
 
     tree = ast.parse((ROOT / "functions" / "main.py").read_text(encoding="utf-8"))
     names: set[str] = set()
@@ -214,11 +224,12 @@ def test_entry_point_is_defined_at_top_level_of_main_py() -> None:
             names.add(node.target.id)
         elif isinstance(node, ast.ImportFrom | ast.Import):
             names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
-    assert "receive_webhook" in names, "functions/main.py defines no top-level receive_webhook"
+    assert entry_point in names, f"functions/main.py defines no top-level {entry_point}"
 
 
-def test_runtime_is_a_supported_python() -> None:
-    runtime = str(_block(_function(), "build_config").get("runtime"))
+@pytest.mark.parametrize("function", ["relay", "reconcile"])
+def test_runtime_is_a_supported_python(function: str) -> None:
+    runtime = str(_block(_function(function), "build_config").get("runtime"))
     match = re.fullmatch(r"python3(\d+)", runtime)
     assert match is not None, f"runtime {runtime!r} is not python3NN"
     assert int(match.group(1)) >= 11, f"{runtime} is older than the package's Python 3.11"
@@ -247,11 +258,30 @@ def _environment_names(service: Body) -> set[str]:
     return names
 
 
-def test_environment_uses_only_names_the_code_reads() -> None:
-    names = _environment_names(_block(_function(), "service_config"))
+def _reconcile_reads() -> set[str]:
+    """What `reconcile` reads: its own list, and the receiver's names its wiring reads too."""
+    wiring = (ROOT / "functions" / "webhook_relay" / "reconcile_app.py").read_text("utf-8")
+    shared = {name for name in config.ENVIRONMENT if f'"{name}"' in wiring}
+    return set(reconcile_app.ENVIRONMENT) | shared
+
+
+@pytest.mark.parametrize("function", ["relay", "reconcile"])
+def test_environment_uses_only_names_the_function_reads(function: str) -> None:
+    names = _environment_names(_block(_function(function), "service_config"))
     assert names, "the function sets no environment variables"
-    unknown = names - set(config.ENVIRONMENT)
-    assert not unknown, f"infra/ sets variables the code never reads: {sorted(unknown)}"
+    reads = set(config.ENVIRONMENT) if function == "relay" else _reconcile_reads()
+    unknown = names - reads
+    assert not unknown, f"infra/ sets variables {function} never reads: {sorted(unknown)}"
+
+
+def test_variables_both_functions_read_have_the_same_value() -> None:
+    tf = terraform()
+    relay = _mapping(tf.locals.get("function_environment"), "function_environment")
+    reconcile = _mapping(tf.locals.get("reconcile_environment"), "reconcile_environment")
+    # Both claim the same job records and publish to the same topics.
+    for name in set(config.ENVIRONMENT) & _reconcile_reads():
+        if name in relay or name in reconcile:
+            assert relay.get(name) == reconcile.get(name), f"{name} differs between the functions"
 
 
 def test_signing_secrets_file_is_inside_the_secret_volume() -> None:
@@ -311,13 +341,18 @@ def test_variable_defaults_match_the_code() -> None:
     assert tf.default("routes") is None, "routes must default to the code's own table"
 
 
-def test_ttl_policy_is_on_the_field_the_code_writes() -> None:
+@pytest.mark.parametrize("resource", ["delivery_expiry", "job_expiry"])
+def test_ttl_policy_is_on_the_field_the_code_writes(resource: str) -> None:
     tf = terraform()
-    field = tf.resource("google_firestore_field")
-    assert field.get("field") == TTL_FIELD
-    assert tf.resolve(field.get("collection")) == _settings_defaults().dedup_collection
+    field = tf.resource("google_firestore_field", resource)
+    if resource == "delivery_expiry":
+        assert field.get("field") == TTL_FIELD
+        assert tf.resolve(field.get("collection")) == _settings_defaults().dedup_collection
+    else:
+        assert field.get("field") == jobs.TTL_FIELD
+        assert tf.resolve(field.get("collection")) == jobs.DEFAULT_COLLECTION
     assert "ttl_config" in field, "the TTL policy (ttl_config {}) is missing"
-    # Records are read by key only; indexes on the timestamp would cost every write.
+    # Never queried by expiry; indexes on the timestamp would cost every write.
     assert _block(field, "index_config") == {}
 
 
@@ -365,12 +400,533 @@ def test_default_topics_match_the_code() -> None:
 # --- least privilege ------------------------------------------------------------------------
 
 
-def test_project_wide_roles_are_only_datastore_user() -> None:
-    roles = {
-        str(body.get("role"))
-        for body in terraform().resources.get("google_project_iam_member", {}).values()
-    }
+def _project_roles() -> dict[str, set[str]]:
+    """Unconditional project-wide roles by member, `for_each` sets of roles expanded."""
+    granted: dict[str, set[str]] = {}
+    for body in terraform().resources.get("google_project_iam_member", {}).values():
+        if "condition" in body:
+            continue
+        role = str(body.get("role"))
+        roles = (
+            set(re.findall(r'"(roles/[^"]+)"', str(body.get("for_each"))))
+            if role == "${each.value}"
+            else {role}
+        )
+        granted.setdefault(str(body.get("member")), set()).update(roles)
+    return granted
+
+
+def test_project_wide_roles_are_only_what_each_account_needs() -> None:
     # Pub/Sub and Secret Manager access is granted per topic and per secret instead.
-    assert roles == {"roles/datastore.user"}
+    assert _project_roles() == {
+        "${local.runtime_member}": {"roles/datastore.user"},
+        "${local.reconcile_member}": {"roles/datastore.user"},
+        "${local.build_member}": {"roles/logging.logWriter", "roles/artifactregistry.writer"},
+    }
     for kind in ("google_project_iam_binding", "google_project_iam_policy"):
         assert kind not in terraform().resources, f"{kind} would take over the project's IAM"
+
+
+# --- a first apply in a fresh project -------------------------------------------------------
+
+# `type.name` of a resource, `data.type.name`, or `local.name`, wherever an expression names it.
+_NODE = re.compile(
+    r"\b(data\.[a-z0-9_]+\.[A-Za-z0-9_-]+|local\.[A-Za-z0-9_]+|[a-z0-9]+_[a-z0-9_]+\.[A-Za-z0-9_-]+)"
+)
+
+
+def _dependencies(node: str) -> set[str]:
+    """Every resource `node` (`type.name` or `local.name`) depends on, directly or not."""
+    tf = terraform()
+    known = {f"{kind}.{name}" for kind, named in tf.resources.items() for name in named}
+
+    def direct(name: str) -> set[str]:
+        if name.startswith("local."):
+            body: object = tf.locals.get(name.removeprefix("local."))
+        else:
+            kind, _, label = name.partition(".")
+            body = tf.resources.get(kind, {}).get(label)
+        found = set(_NODE.findall(str(body)))
+        return {item for item in found if item in known or item.startswith("local.")}
+
+    seen: set[str] = set()
+    todo = [node]
+    while todo:
+        for item in direct(todo.pop()) - seen:
+            seen.add(item)
+            todo.append(item)
+    return seen - {node}
+
+
+def test_build_runs_as_a_dedicated_account_unless_one_is_given() -> None:
+    tf = terraform()
+    build = _block(_function(), "build_config")
+    assert build.get("service_account") == "${local.build_service_account}"
+    chosen = _expression(tf.locals.get("build_service_account"))
+    assert chosen.startswith("var.build_service_account != null ? var.build_service_account :")
+    assert "google_service_account.build[*].id" in chosen
+    account = tf.resource("google_service_account", "build")
+    assert "var.build_service_account == null" in str(account.get("count"))
+
+    # Reading the source object: only in our source bucket, which holds nothing else, and in
+    # Cloud Functions' copy of it.
+    reader = tf.resource("google_project_iam_member", "build_source_reader")
+    assert reader.get("role") == "roles/storage.objectViewer"
+    assert reader.get("member") == "${local.build_member}"
+    expression = str(_block(reader, "condition").get("expression"))
+    assert "for bucket in local.source_buckets" in expression
+    assert 'resource.name == \\"projects/_/buckets/${bucket}\\"' in expression
+    assert 'resource.name.startsWith(\\"projects/_/buckets/${bucket}/\\")' in expression
+    buckets = str(tf.locals.get("source_buckets"))
+    source = _block(_block(build, "source"), "storage_source")
+    assert str(source.get("bucket")).strip("${}") in buckets
+    assert "gcf-v2-sources-${data.google_project.this.number}-${var.region}" in buckets
+
+
+def test_every_api_the_resources_use_is_enabled() -> None:
+    tf = terraform()
+    services = set(
+        re.findall(
+            r'"([a-z]+\.googleapis\.com)"',
+            str(tf.resource("google_project_service").get("for_each")),
+        )
+    )
+    # iam: service accounts; cloudbuild and artifactregistry: the function's build.
+    needed = {"iam", "cloudbuild", "artifactregistry", "cloudfunctions", "run", "storage"}
+    needed |= {"firestore", "pubsub", "secretmanager", "logging", "monitoring"}
+    if "google_cloud_scheduler_job" in tf.resources:
+        needed.add("cloudscheduler")
+    assert {f"{name}.googleapis.com" for name in needed} <= services
+
+
+def test_every_resource_waits_for_the_apis_it_calls() -> None:
+    tf = terraform()
+    wait = tf.resource("time_sleep", "apis_enabled")
+    assert "google_project_service.relay" in str(wait.get("triggers"))
+    for kind, named in tf.resources.items():
+        if not kind.startswith("google_") or kind == "google_project_service":
+            continue
+        for name in named:
+            assert "time_sleep.apis_enabled" in _dependencies(f"{kind}.{name}"), (
+                f"{kind}.{name} may be created before its API answers"
+            )
+
+
+def test_functions_wait_until_their_grants_have_propagated() -> None:
+    tf = terraform()
+    grants = {
+        f"{kind}.{name}"
+        for kind, named in tf.resources.items()
+        if kind.endswith("_iam_member")
+        for name, body in named.items()
+        # Grants to the functions' own accounts, not to service agents or invokers.
+        if str(body.get("member"))
+        in {"${local.runtime_member}", "${local.build_member}", "${local.reconcile_member}"}
+    }
+    assert grants, "no grants to the runtime or build account"
+    for name, function in tf.resources["google_cloudfunctions2_function"].items():
+        waits = [
+            str(item).removeprefix("${").removesuffix("}")
+            for item in _list(function.get("depends_on"))
+            if str(item).startswith("${time_sleep.")
+        ]
+        waited = set().union(*(_dependencies(wait) for wait in waits), waits)
+        assert "time_sleep.iam_propagated" in waited, f"{name}: builds before its grants"
+        # reconcile waits for the receiver's wait too (it shares the build account).
+        own = grants if name == "reconcile" else {g for g in grants if "reconcile" not in g}
+        assert own <= waited, f"{name} does not wait for {sorted(own - waited)}"
+
+
+def test_archive_is_reproducible_across_machines() -> None:
+    archive = _data_archive()
+    # A developer's umask or checkout must not change the hash and redeploy the function.
+    assert archive.get("output_file_mode") == "0666"
+
+
+def _data_archive() -> Body:
+    with (INFRA / "function.tf").open(encoding="utf-8") as handle:
+        parsed = _mapping(_plain(hcl2.load(handle)), "function.tf")
+    for entry in _list(parsed.get("data")):
+        named = _mapping(entry, "data").get("archive_file")
+        if named is not None:
+            return _mapping(_mapping(named, "archive_file").get("source"), "archive_file.source")
+    raise AssertionError("no data.archive_file.source in infra/function.tf")
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    # archive_file's doublestar globs: `**/` any directories (or none), `*` within one name.
+    text = re.escape(pattern).replace(r"\*\*/", "(?:.*/)?").replace(r"\*\*", ".*")
+    return re.compile(text.replace(r"\*", "[^/]*") + "$")
+
+
+def test_archive_ships_no_command_line_helper_or_cache() -> None:
+    excludes = _list(_data_archive().get("excludes"))
+    required = {
+        "webhook_relay/cli/**",
+        "webhook_relay/emulators.py",
+        "webhook_relay/signing.py",
+        "**/__pycache__/**",
+        "**/*.pyc",
+        "**/*.egg-info/**",
+    }
+    assert required <= set(excludes), f"missing excludes: {sorted(required - set(excludes))}"
+
+    patterns = [_glob(str(pattern)) for pattern in excludes]
+    source = ROOT / "functions"
+    shipped = [
+        path
+        for path in source.rglob("*")
+        if path.is_file()
+        and not any(p.match(path.relative_to(source).as_posix()) for p in patterns)
+    ]
+    names = {path.relative_to(source).as_posix() for path in shipped}
+    assert "main.py" in names
+    assert "webhook_relay/relay.py" in names
+    assert not any(name.startswith("webhook_relay/cli/") for name in names)
+    excluded_modules = ("webhook_relay.cli", "webhook_relay.emulators", "webhook_relay.signing")
+    for path in shipped:
+        if path.suffix != ".py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                modules = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            else:
+                continue
+            for module in modules:
+                assert not module.startswith(excluded_modules), (
+                    f"{path.relative_to(source)} imports {module}, which the zip leaves out"
+                )
+
+
+def test_threads_match_the_per_instance_concurrency() -> None:
+    environment = _mapping(terraform().locals.get("function_environment"), "function_environment")
+    assert environment.get("THREADS") == "${tostring(var.concurrency)}"
+    service = _block(_function(), "service_config")
+    assert service.get("max_instance_request_concurrency") == "${var.concurrency}"
+
+
+def test_readme_deploy_steps_work_in_a_fresh_project() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    deploy = readme[readme.index("## Deploying with Terraform") :]
+    deploy = deploy[: deploy.index("\n## ", 1)]
+    # Plan-time reads of the project need this API before Terraform can enable anything.
+    assert "cloudresourcemanager.googleapis.com" in deploy
+    # Organisations with domain-restricted sharing refuse the allUsers invoker binding.
+    assert "iam.allowedPolicyMemberDomains" in deploy
+    commands = [line for line in deploy.splitlines() if re.search(r"\bgcloud\s+\w", line)]
+    assert commands, "no gcloud command in the deploy section"
+    for line in commands:
+        assert "--project" in line, f"gcloud command without --project: {line.strip()}"
+
+
+# --- the dashboard --------------------------------------------------------------------------
+
+# Google's own metrics the dashboard and alerts may chart (Cloud Run and Pub/Sub system metrics).
+GOOGLE_METRICS = {
+    "run.googleapis.com/request_count",
+    "run.googleapis.com/container/instance_count",
+    "pubsub.googleapis.com/topic/send_message_operation_count",
+    "pubsub.googleapis.com/subscription/dead_letter_message_count",
+    "pubsub.googleapis.com/subscription/num_undelivered_messages",
+}
+_TEMPLATE_VALUE = re.compile(r"\$\{jsonencode\(([a-z_]+)(?:\.([a-z_0-9]+))?\)\}")
+_METRIC_TYPE = re.compile(r'metric\.type="([^"]+)"')
+_LOG_METRIC_NAME = re.compile(r'\$\{google_logging_metric\.(\w+)(?:\["(\w+)"\])?\.name\}')
+
+
+def _log_metric_names() -> dict[str, str]:
+    """`resource` or `resource["key"]` -> the metric's name, with variables at their defaults."""
+    tf = terraform()
+    names = {}
+    for name, body in tf.resources["google_logging_metric"].items():
+        template = str(body.get("name"))
+        if "each.key" not in template:
+            names[name] = tf.resolve(template)
+            continue
+        keys = re.fullmatch(r"\$\{local\.(\w+)\}", str(body.get("for_each")))
+        assert keys is not None, f"google_logging_metric.{name}: for_each is not a local map"
+        for key in _mapping(tf.locals.get(keys.group(1)), keys.group(1)):
+            names[f'{name}["{key}"]'] = tf.resolve(template.replace("${each.key}", key))
+    return names
+
+
+def _metric_key(match: re.Match[str]) -> str:
+    name, key = match.groups()
+    return f'{name}["{key}"]' if key else str(name)
+
+
+def _filter_text(value: object) -> str:
+    """A filter expression as the dashboard receives it, resources' names resolved."""
+    tf = terraform()
+    names = _log_metric_names()
+    text = str(value)
+    for _ in range(10):
+        expanded = _LOG_METRIC_NAME.sub(lambda match: names[_metric_key(match)], text)
+        expanded = re.sub(r"\$\{local\.(\w+)\}", lambda m: str(tf.locals[m.group(1)]), expanded)
+        if expanded == text:
+            break
+        text = expanded
+    return tf.resolve(text).replace('\\"', '"')
+
+
+def _dashboard() -> dict[str, object]:
+    tf = terraform()
+    dashboard = tf.resource("google_monitoring_dashboard", "relay")
+    call = _expression(dashboard.get("dashboard_json"))
+    assert call.startswith('templatefile("${path.module}/dashboard.json.tftpl"'), call
+    assert "filters = local.dashboard_filters" in call
+    filters = _mapping(tf.locals.get("dashboard_filters"), "local.dashboard_filters")
+    template = (INFRA / "dashboard.json.tftpl").read_text(encoding="utf-8")
+
+    def render(match: re.Match[str]) -> str:
+        name, key = match.groups()
+        if name == "title":
+            return json.dumps(tf.default("name_prefix"))
+        assert name == "filters", f"unknown template value {name}"
+        assert key in filters, f"the template uses filters.{key}, which infra/ does not define"
+        return json.dumps(_filter_text(filters[key]))
+
+    rest = _TEMPLATE_VALUE.sub("", template)
+    assert "${" not in rest, "the template holds an interpolation the test cannot render"
+    assert "%{" not in rest, "the template holds a directive the test cannot render"
+    rendered = _TEMPLATE_VALUE.sub(render, template)
+    parsed = json.loads(rendered)
+    assert isinstance(parsed, dict)
+    return parsed
+
+
+def _filters_in(value: object) -> list[str]:
+    if isinstance(value, dict):
+        found = [str(value["filter"])] if "filter" in value else []
+        return found + [f for item in value.values() for f in _filters_in(item)]
+    if isinstance(value, list):
+        return [f for item in value for f in _filters_in(item)]
+    return []
+
+
+def test_dashboard_is_valid_json_naming_only_known_metrics() -> None:
+    dashboard = _dashboard()
+    filters = _filters_in(dashboard)
+    assert filters, "the dashboard charts nothing"
+    defined = {f"logging.googleapis.com/user/{name}" for name in _log_metric_names().values()}
+    charted = set()
+    for text in filters:
+        types = _METRIC_TYPE.findall(text)
+        assert len(types) == 1, f"a filter must name one metric type: {text}"
+        charted.add(types[0])
+    unknown = charted - defined - GOOGLE_METRICS
+    assert not unknown, f"the dashboard charts metrics nobody defines: {sorted(unknown)}"
+
+
+def test_dashboard_charts_what_operators_ask_for() -> None:
+    text = json.dumps(_dashboard())
+    names = _log_metric_names()
+    for wanted in (
+        f"user/{names['responses']}",  # deliveries per minute by answer status
+        "REDUCE_PERCENTILE_50",
+        "REDUCE_PERCENTILE_99",  # latency
+        "metric.label.signature",  # 401s by claimed scheme
+        'metric.labels.status=\\"unavailable\\"',  # 503s
+        "topic/send_message_operation_count",  # unrouted
+        "subscription/dead_letter_message_count",
+        "container/instance_count",
+        "user/" + names['reconcile["missed_event_reconciled"]'],  # the safety net at work
+    ):
+        assert wanted in text, f"the dashboard lacks {wanted}"
+    url = str(terraform().outputs["dashboard_url"].get("value"))
+    assert "google_monitoring_dashboard.relay.id" in url
+
+
+def test_dashboard_metrics_read_fields_the_function_logs() -> None:
+    tf = terraform()
+    logged = (ROOT / "functions" / "webhook_relay" / "http.py").read_text(encoding="utf-8")
+    latency = tf.resource("google_logging_metric", "latency")
+    assert latency.get("value_extractor") == "EXTRACT(jsonPayload.latency_ms)"
+    assert _block(latency, "metric_descriptor").get("value_type") == "DISTRIBUTION"
+    for name in ("latency", "responses"):
+        extractors = _mapping(
+            tf.resource("google_logging_metric", name).get("label_extractors"), name
+        )
+        labels = {
+            str(b.get("key"))
+            for b in _blocks(
+                _block(tf.resource("google_logging_metric", name), "metric_descriptor"), "labels"
+            )
+        }
+        assert labels == set(extractors), f"{name}: labels and extractors differ"
+        for extractor in [*extractors.values(), latency.get("value_extractor")]:
+            field = re.fullmatch(r"EXTRACT\(jsonPayload\.(\w+)\)", str(extractor))
+            assert field is not None, extractor
+            assert re.search(rf'\b{field.group(1)}\b\s*=|"{field.group(1)}"', logged), (
+                f"http.py never logs {field.group(1)}"
+            )
+
+
+# --- reconcile ------------------------------------------------------------------------------
+
+
+def _members_granted(member: str) -> set[tuple[str, str, str]]:
+    """(resource kind, role, what it is on) for every grant to `member`."""
+    found = set()
+    for kind, named in terraform().resources.items():
+        if not kind.endswith(("_iam_member", "_iam_binding")):
+            continue
+        for body in named.values():
+            members = [str(body.get("member"))] + [str(m) for m in _list(body.get("members"))]
+            if member in members:
+                target = next(
+                    (
+                        str(body[key])
+                        for key in ("topic", "secret_id", "service", "bucket")
+                        if key in body
+                    ),
+                    "project",
+                )
+                found.add((kind, str(body.get("role")), target))
+    return found
+
+
+def test_reconcile_runs_from_the_same_source() -> None:
+    relay = _block(_block(_function("relay"), "build_config"), "source")
+    reconcile_source = _block(_block(_function("reconcile"), "build_config"), "source")
+    assert relay == reconcile_source
+    assert _block(_function("reconcile"), "build_config").get("service_account") == (
+        "${local.build_service_account}"
+    )
+
+
+def test_reconcile_account_holds_only_what_reconcile_needs() -> None:
+    service = _block(_function("reconcile"), "service_config")
+    assert service.get("service_account_email") == "${google_service_account.reconcile.email}"
+    assert _members_granted("${local.reconcile_member}") == {
+        ("google_project_iam_member", "roles/datastore.user", "project"),
+        ("google_pubsub_topic_iam_member", "roles/pubsub.publisher", "${each.value.name}"),
+        (
+            "google_secret_manager_secret_iam_member",
+            "roles/secretmanager.secretAccessor",
+            "${google_secret_manager_secret.gemini_api_key.secret_id}",
+        ),
+    }
+    publisher = terraform().resource("google_pubsub_topic_iam_member", "reconcile_publisher")
+    # The relay's topics, the same set the receiver publishes to.
+    assert publisher.get("for_each") == "${google_pubsub_topic.relay}"
+
+
+def test_only_its_scheduler_job_can_invoke_reconcile() -> None:
+    tf = terraform()
+    service = _block(_function("reconcile"), "service_config")
+    assert service.get("ingress_settings") == "ALLOW_INTERNAL_ONLY"
+    invokers = [
+        body
+        for body in tf.resources.get("google_cloud_run_service_iam_member", {}).values()
+        if body.get("service") == "${google_cloudfunctions2_function.reconcile.name}"
+    ]
+    assert [body.get("member") for body in invokers] == [
+        "serviceAccount:${google_service_account.reconcile_invoker.email}"
+    ]
+    assert invokers[0].get("role") == "roles/run.invoker"
+    for kind in ("google_cloud_run_service_iam_binding", "google_cloud_run_service_iam_policy"):
+        assert kind not in tf.resources
+    assert "allUsers" not in str(tf.resources.get("google_cloudfunctions2_function_iam_member"))
+    # The invoker account may do nothing else.
+    assert _members_granted("serviceAccount:${google_service_account.reconcile_invoker.email}") == {
+        (
+            "google_cloud_run_service_iam_member",
+            "roles/run.invoker",
+            "${google_cloudfunctions2_function.reconcile.name}",
+        )
+    }
+
+    job = tf.resource("google_cloud_scheduler_job", "reconcile")
+    target = _block(job, "http_target")
+    uri = "${google_cloudfunctions2_function.reconcile.service_config[0].uri}"
+    assert target.get("uri") == uri
+    token = _block(target, "oidc_token")
+    assert token.get("service_account_email") == (
+        "${google_service_account.reconcile_invoker.email}"
+    )
+    assert token.get("audience") == uri
+    assert job.get("schedule") == "${var.reconcile_schedule}"
+    assert tf.default("reconcile_schedule") == "*/10 * * * *"
+
+
+def test_reconcile_outlasts_its_run_budget() -> None:
+    tf = terraform()
+    service = _block(_function("reconcile"), "service_config")
+    assert service.get("timeout_seconds") == "${local.reconcile_timeout_seconds}"
+    timeout = tf.locals.get("reconcile_timeout_seconds")
+    assert isinstance(timeout, int)
+    assert timeout >= reconcile.RUN_BUDGET_SECONDS + reconcile.JOB_SECONDS
+    deadline = tf.resource("google_cloud_scheduler_job", "reconcile").get("attempt_deadline")
+    assert deadline == "${local.reconcile_timeout_seconds + 20}s"
+
+
+def test_reconcile_reads_its_api_key_from_the_mounted_secret() -> None:
+    tf = terraform()
+    service = _block(_function("reconcile"), "service_config")
+    environment = _mapping(tf.locals.get("reconcile_environment"), "reconcile_environment")
+    key_file = tf.resolve(environment["GEMINI_API_KEY_FILE"])
+    assert "GEMINI_API_KEY" not in environment, "the key itself would enter the state"
+    volume = _block(service, "secret_volumes")
+    assert volume.get("secret") == "${google_secret_manager_secret.gemini_api_key.secret_id}"
+    mount = tf.resolve(volume.get("mount_path")).rstrip("/")
+    (version,) = _blocks(volume, "versions")
+    assert f"{mount}/{tf.resolve(version.get('path'))}" == key_file
+    assert version.get("version") == "latest"
+    # The receiver never sees the Gemini API key.
+    relay_volumes = _blocks(_block(_function("relay"), "service_config"), "secret_volumes")
+    assert all("gemini_api_key" not in str(v.get("secret")) for v in relay_volumes)
+
+
+def test_reconcile_environment_matches_the_code_defaults() -> None:
+    tf = terraform()
+    environment = _mapping(tf.locals.get("reconcile_environment"), "reconcile_environment")
+    for name in (
+        "RELAY_PUBLIC_URL",
+        "RELAY_JOBS_COLLECTION",
+        "RELAY_RECONCILE_GRACE_SECONDS",
+        "RELAY_RECONCILE_LOOKBACK_HOURS",
+        "RELAY_REENABLE_WEBHOOKS",
+        "GOOGLE_CLOUD_PROJECT",
+        "RELAY_TOPIC_PREFIX",
+        "RELAY_ROUTES",
+    ):
+        assert name in environment, f"reconcile is not given {name}"
+    # The URL Gemini delivers to is the receiver's unless the operator names another.
+    assert "google_cloudfunctions2_function.relay.service_config[0].uri" in str(
+        environment["RELAY_PUBLIC_URL"]
+    )
+    settings = reconcile_app.load_reconcile_settings({"GOOGLE_CLOUD_PROJECT": "p"})
+    assert tf.default("jobs_collection") == settings.store.collection
+    assert tf.default("reconcile_grace_seconds") == settings.policy.grace.total_seconds()
+    lookback_hours = settings.policy.lookback.total_seconds() / 3600
+    assert tf.default("reconcile_lookback_hours") == lookback_hours
+    assert tf.default("reenable_webhooks") is settings.policy.reenable_webhooks
+
+
+def test_reconcile_metrics_count_the_lines_reconcile_logs() -> None:
+    tf = terraform()
+    source = (ROOT / "functions" / "webhook_relay" / "reconcile.py").read_text("utf-8")
+    metrics = _mapping(tf.locals.get("reconcile_metrics"), "reconcile_metrics")
+    assert set(metrics) == {"webhook_disabled", "missed_event_reconciled", "reconcile_runs"}
+    for name, spec in metrics.items():
+        text = str(_mapping(spec, name)["filter"])
+        for status in re.findall(r'jsonPayload\.status=\\?"(\w+)\\?"', text):
+            assert f'status="{status}"' in source, f"reconcile.py never logs status {status}"
+    assert "severity=ERROR" in str(_mapping(metrics["webhook_disabled"], "")["filter"])
+    assert "severity=WARNING" in str(_mapping(metrics["missed_event_reconciled"], "")["filter"])
+    assert _mapping(metrics["missed_event_reconciled"], "").get("label") == "type"
+    assert "event_type=event.type" in source
+    assert '"reconcile run"' in source
+    assert 'jsonPayload.message=\\"reconcile run\\"' in str(
+        _mapping(metrics["reconcile_runs"], "")["filter"]
+    )
+    alerts = str(tf.resources["google_monitoring_alert_policy"])
+    for name in metrics:
+        assert f'local.user_metric_filter["{name}"]' in alerts, f"no alert on {name}"
+    failing = tf.resource("google_monitoring_alert_policy", "reconcile_failing")
+    (absent,) = [c for c in _blocks(failing, "conditions") if "condition_absent" in c]
+    assert _block(absent, "condition_absent").get("duration") == "1800s"
+    assert "5xx" in str(failing)

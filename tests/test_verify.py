@@ -30,11 +30,11 @@ from tests.support.signing import (
     headers_v1,
     new_secret,
 )
-from webhook_relay import config
+from webhook_relay import signing_secrets
 from webhook_relay.config import load_settings
 from webhook_relay.errors import BadRequest, Unauthorized, Unavailable
 from webhook_relay.jwks import KeySet
-from webhook_relay.verify import Verifier, read_delivery
+from webhook_relay.verify import MAX_V1A_ENTRIES, Verifier, read_delivery
 
 SECRET = new_secret()
 OTHER_SECRET = new_secret()
@@ -148,8 +148,6 @@ def test_v1_tolerance_is_configurable() -> None:
         pytest.param("v1,a,b", id="two-commas"),
         pytest.param(",abc", id="no-version"),
         pytest.param("v1,", id="no-value"),
-        pytest.param("v1,not base64!", id="bad-base64"),
-        pytest.param("v1," + base64.b64encode(b"x" * 31).decode(), id="wrong-length"),
         pytest.param(" ".join([random_v1_entry()] * 5000), id="thousands-of-entries"),
     ],
 )
@@ -185,8 +183,51 @@ def test_v1_unknown_version_beside_a_good_entry(verify: Verify) -> None:
 
 def test_only_unknown_versions_is_unauthorized(verify: Verify) -> None:
     signature = "v2,AAAA v9,BBBB"
-    with pytest.raises(Unauthorized, match="no signature in a supported scheme"):
+    with pytest.raises(Unauthorized, match="no signature matches"):
         verify(with_signature(headers_v1(SECRET, BODY), signature), BODY)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        pytest.param("v1,not-base64!", id="bad-base64"),
+        pytest.param("v1," + base64.b64encode(b"x" * 31).decode(), id="wrong-length"),
+        pytest.param("v1a," + base64.b64encode(b"x" * 64).decode(), id="v1a-without-keys"),
+        pytest.param("v9,AAAA", id="unknown-version"),
+    ],
+)
+def test_well_formed_entry_that_cannot_verify_is_unauthorized(verify: Verify, entry: str) -> None:
+    with pytest.raises(Unauthorized):
+        verify(with_signature(headers_v1(SECRET, BODY), entry), BODY)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["v1,not-base64!", "v1," + base64.b64encode(b"x" * 31).decode(), "junk", "v1a,AAAA"],
+)
+@pytest.mark.parametrize("valid_first", [True, False])
+def test_bad_entry_never_vetoes_a_valid_one(verify: Verify, bad: str, valid_first: bool) -> None:
+    headers = headers_v1(SECRET, BODY)
+    entries = [headers["webhook-signature"], bad]
+    signature = " ".join(entries if valid_first else reversed(entries))
+    assert verify(with_signature(headers, signature), BODY) == "hmac"
+
+
+@pytest.mark.parametrize("digits", [16, 40, 5000])
+def test_timestamp_of_any_length_outside_the_tolerance_is_unauthorized(
+    verify: Verify, digits: int
+) -> None:
+    for timestamp in ("9" * digits, "-" + "9" * digits):
+        headers = headers_v1(SECRET, BODY) | {"webhook-timestamp": timestamp}
+        with pytest.raises(Unauthorized, match="webhook-timestamp"):
+            verify(headers, BODY)
+
+
+def test_delivery_repr_holds_no_signature_or_body() -> None:
+    headers = headers_v1(SECRET, BODY)
+    shown = repr(read_delivery(Headers(headers), BODY))
+    assert headers["webhook-signature"].split(",", 1)[1] not in shown
+    assert "batch_123456" not in shown
 
 
 def test_v1_secret_without_base64_padding_as_the_reference_library_accepts() -> None:
@@ -201,7 +242,7 @@ def test_v1_secret_from_rewritten_secrets_file_is_used(
 ) -> None:
     # A rotation through the Secret Manager volume needs no redeploy.
     clock = FakeClock()
-    monkeypatch.setattr(config, "time", SimpleNamespace(monotonic=clock))
+    monkeypatch.setattr(signing_secrets, "time", SimpleNamespace(time=clock))
     path = tmp_path / "secrets"
     path.write_text(OTHER_SECRET)
     settings = load_settings({"WEBHOOK_SIGNING_SECRETS_FILE": str(path), "GEMINI_JWKS_URL": ""})
@@ -211,7 +252,7 @@ def test_v1_secret_from_rewritten_secrets_file_is_used(
         verifier.verify(read_delivery(headers, BODY))
     path.write_text(f"{OTHER_SECRET} {SECRET}")
     os.utime(path, ns=(time.time_ns() + 5_000_000_000, time.time_ns() + 5_000_000_000))
-    clock.advance(config.SECRETS_FILE_CHECK_SECONDS)
+    clock.advance(signing_secrets.SECRETS_FILE_CHECK_SECONDS)
     assert verifier.verify(read_delivery(headers, BODY)) == "hmac"
 
 
@@ -239,6 +280,21 @@ def test_v1a_wrong_key() -> None:
     )
     with pytest.raises(Unauthorized):
         verify(v1a_headers(Ed25519Signer(), BODY), BODY)
+
+
+def test_v1a_work_is_capped_per_request() -> None:
+    # Forged entries first, the genuine one past the cap: ed25519 checks are ~60 µs each, so
+    # a header of 32 entries against every key would be a lever on the instance's CPU.
+    signer = Ed25519Signer()
+    keys = ",".join([signer.public_key, Ed25519Signer().public_key, Ed25519Signer().public_key])
+    verify = make_verifier({"WEBHOOK_PUBLIC_KEYS": keys, "GEMINI_JWKS_URL": ""})
+    headers = v1a_headers(signer, BODY)
+    forged = "v1a," + base64.b64encode(os.urandom(64)).decode()
+    within = " ".join([forged] * (MAX_V1A_ENTRIES - 1) + [headers["webhook-signature"]])
+    assert verify(with_signature(headers, within), BODY) == "ed25519"
+    beyond = " ".join([forged] * MAX_V1A_ENTRIES + [headers["webhook-signature"]])
+    with pytest.raises(Unauthorized):
+        verify(with_signature(headers, beyond), BODY)
 
 
 def test_v1a_entry_is_not_checked_against_hmac_secrets(verify: Verify) -> None:
@@ -339,8 +395,29 @@ def test_jwt_expired(server: JwksServer) -> None:
         make_verifier(jwt_env(server))(jwt_headers(token), BODY)
 
 
-def test_jwt_expired_within_the_tolerance_is_accepted(server: JwksServer) -> None:
-    token = good_token(exp=int(time.time()) - 60)
+def test_jwt_expired_within_the_leeway_is_accepted(server: JwksServer) -> None:
+    token = good_token(exp=int(time.time()) - 30)
+    assert make_verifier(jwt_env(server))(jwt_headers(token), BODY) == "jwt"
+
+
+def test_jwt_leeway_is_at_most_60_seconds_whatever_the_tolerance(server: JwksServer) -> None:
+    token = good_token(exp=int(time.time()) - 120)  # within the 300 s tolerance
+    with pytest.raises(Unauthorized, match="expired"):
+        make_verifier(jwt_env(server))(jwt_headers(token), BODY)
+
+
+@pytest.mark.parametrize("offset", [-400, 400])
+def test_jwt_issued_outside_the_tolerance_is_refused(server: JwksServer, offset: int) -> None:
+    # A captured token replays no longer than a captured webhook-timestamp would.
+    now = int(time.time())
+    token = good_token(iat=now + offset, exp=now + 3600)
+    with pytest.raises(Unauthorized):
+        make_verifier(jwt_env(server))(jwt_headers(token), BODY)
+
+
+def test_jwt_issued_within_the_tolerance_is_accepted(server: JwksServer) -> None:
+    now = int(time.time())
+    token = good_token(iat=now - 200, exp=now + 3600)
     assert make_verifier(jwt_env(server))(jwt_headers(token), BODY) == "jwt"
 
 

@@ -20,6 +20,7 @@ from .config import Settings, load_settings
 from .deadline import Deadline
 from .errors import ConfigError
 from .http import handle
+from .jobs import FirestoreJobs, TerminalEvents, collection_from_env
 from .jwks import KeySet
 from .publish import PubSubPublisher
 from .relay import Outcome, Relay
@@ -48,19 +49,17 @@ class Lazy(Generic[T]):
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, project: str) -> None:
+    def __init__(self, settings: Settings, project: str, jobs_collection: str) -> None:
         self.max_body_bytes = settings.max_body_bytes
         self.project: str | None = project
         key_set = KeySet(settings.jwks_url) if settings.jwks_url else None
         self._verifier = Verifier(settings, key_set)
-        claims = FirestoreClaims(
-            Lazy(lambda: firestore.Client(project=project)),
-            settings.dedup_collection,
-            settings.claim_lease_seconds,
-            settings.dedup_ttl_hours,
-        )
+        db = Lazy(lambda: firestore.Client(project=project))
+        lease, ttl = settings.claim_lease_seconds, settings.dedup_ttl_hours
+        claims = FirestoreClaims(db, settings.dedup_collection, lease, ttl)
+        jobs = TerminalEvents(FirestoreJobs(db, jobs_collection, lease, ttl))
         self._relay = Relay(
-            claims, PubSubPublisher(Lazy(PublisherClient), project), settings.routes
+            claims, PubSubPublisher(Lazy(PublisherClient), project), settings.routes, jobs
         )
 
     def verify(self, delivery: Delivery) -> str:
@@ -90,7 +89,7 @@ def start(env: Mapping[str, str] | None = None) -> Callable[[flask.Request], fla
     logs.configure()
     try:
         settings = load_settings(env)
-        pipeline = Pipeline(settings, resolve_project(settings, env))
+        pipeline = Pipeline(settings, resolve_project(settings, env), collection_from_env(env))
     except ConfigError as error:
         logs.emit("CRITICAL", f"bad configuration: {error}", variable=error.variable)
         raise SystemExit(1) from None

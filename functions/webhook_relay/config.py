@@ -12,8 +12,6 @@ import ipaddress
 import logging
 import os
 import re
-import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .errors import ConfigError
 from .routing import DEFAULT_TOPIC_PREFIX, Routes, parse_routes, valid_topic_id
+from .signing_secrets import SigningSecrets, parse_entries
 
 DEFAULT_JWKS_URL = "https://generativelanguage.googleapis.com/.well-known/jwks.json"
 
@@ -38,13 +37,16 @@ ENVIRONMENT = (
     "WEBHOOK_TOLERANCE_SECONDS",
     "WEBHOOK_MAX_BODY_BYTES",
     "GOOGLE_CLOUD_PROJECT",
+    "GCP_PROJECT",
     "RELAY_TOPIC_PREFIX",
     "RELAY_ROUTES",
     "RELAY_DEDUP_COLLECTION",
     "RELAY_DEDUP_TTL_HOURS",
     "RELAY_CLAIM_LEASE_SECONDS",
+    "RELAY_JOBS_COLLECTION",
     "FIRESTORE_EMULATOR_HOST",
     "PUBSUB_EMULATOR_HOST",
+    "THREADS",  # read by functions-framework: worker threads, set to the request concurrency
 )
 
 log = logging.getLogger(__name__)
@@ -53,27 +55,9 @@ _SEPARATORS = re.compile(r"[\s,]+")
 # whose data may not exceed 10 MB: above 7 MiB (9.8 MB encoded) an authentic body that is not
 # JSON could never be published, and would be answered 503 on every retry.
 MAX_BODY_BYTES_LIMIT = 7 * 1_048_576
-# Within this long after a change, a rotated secrets file is in use (the contract allows 10 s).
-SECRETS_FILE_CHECK_SECONDS = 1.0
-
-
-def parse_secrets(raw: str, variable: str) -> tuple[bytes, ...]:
-    """`whsec_<base64>` entries (the prefix is optional, as in Standard Webhooks libraries)."""
-    keys = []
-    for position, token in enumerate(_tokens(raw), start=1):
-        encoded = token.removeprefix("whsec_")
-        # Standard Webhooks libraries (standardwebhooks, svix) accept secrets without base64
-        # padding; refusing them would fail a deployment on a secret every sender can use.
-        encoded += "=" * (-len(encoded) % 4)
-        try:
-            key = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError):
-            key = b""
-        if not key:
-            # Never echo the value: it is a secret.
-            raise ConfigError(variable, f"entry {position} is not whsec_ followed by base64")
-        keys.append(key)
-    return tuple(keys)
+# The longest a request holds a claim (8 s budget + 1.5 s release, deadline.py, relay.py) plus
+# margin for clock skew between instances.
+MIN_CLAIM_LEASE_SECONDS = 15
 
 
 def parse_public_keys(raw: str) -> tuple[Ed25519PublicKey, ...]:
@@ -96,66 +80,6 @@ def _tokens(raw: str) -> list[str]:
 
 def _csv(raw: str | None) -> tuple[str, ...]:
     return tuple(part.strip() for part in (raw or "").split(",") if part.strip())
-
-
-class SigningSecrets:
-    """Static secrets plus a file that a Secret Manager volume rewrites on rotation.
-
-    The file is checked at most once per `check_every` seconds (a stat); a file that turns
-    unreadable or unparseable keeps the previous secrets, so a bad rotation degrades to the
-    old secrets instead of refusing every delivery.
-    """
-
-    def __init__(
-        self,
-        static: tuple[bytes, ...],
-        path: Path | None,
-        check_every: float = SECRETS_FILE_CHECK_SECONDS,
-    ) -> None:
-        self._static = static
-        self._path = path
-        self._check_every = check_every
-        self._lock = threading.Lock()
-        self._stamp: tuple[int, int, int] | None = None
-        self._next_check = 0.0
-        self._from_file: tuple[bytes, ...] = ()
-        self.last_error: str | None = None
-        if path is not None:
-            self._load(strict=True)
-
-    def current(self) -> tuple[bytes, ...]:
-        if self._path is not None and time.monotonic() >= self._next_check:
-            with self._lock:
-                if time.monotonic() >= self._next_check:
-                    self._load(strict=False)
-        return self._static + self._from_file
-
-    def _load(self, strict: bool) -> None:
-        if self._path is None:
-            return
-        self._next_check = time.monotonic() + self._check_every
-        variable = "WEBHOOK_SIGNING_SECRETS_FILE"
-        try:
-            stat = self._path.stat()
-            stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-            if stamp == self._stamp:
-                return
-            secrets = parse_secrets(self._path.read_text(encoding="utf-8"), variable)
-        except (OSError, UnicodeDecodeError, ConfigError) as exc:
-            error = exc if isinstance(exc, ConfigError) else ConfigError(variable, _unreadable(exc))
-            if strict:
-                raise error from None
-            if self.last_error != str(error):
-                log.error("keeping the previous signing secrets: %s", error)
-            self.last_error = str(error)
-            return
-        self._stamp, self._from_file, self.last_error = stamp, secrets, None
-
-
-def _unreadable(exc: OSError | UnicodeDecodeError) -> str:
-    if isinstance(exc, UnicodeDecodeError):
-        return "not UTF-8 text"
-    return f"cannot read the file ({exc.strerror or type(exc).__name__})"
 
 
 @dataclass(frozen=True)
@@ -182,8 +106,8 @@ class Settings:
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
-    static = parse_secrets(env.get("WEBHOOK_SIGNING_SECRETS", ""), "WEBHOOK_SIGNING_SECRETS")
-    static += parse_secrets(env.get("WEBHOOK_SIGNING_SECRET", ""), "WEBHOOK_SIGNING_SECRET")
+    static = parse_entries(env.get("WEBHOOK_SIGNING_SECRETS", ""), "WEBHOOK_SIGNING_SECRETS")
+    static += parse_entries(env.get("WEBHOOK_SIGNING_SECRET", ""), "WEBHOOK_SIGNING_SECRET")
     secrets_file = env.get("WEBHOOK_SIGNING_SECRETS_FILE", "").strip()
     secrets = SigningSecrets(static, Path(secrets_file) if secrets_file else None)
     public_keys = parse_public_keys(env.get("WEBHOOK_PUBLIC_KEYS", ""))
@@ -235,7 +159,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         dedup_collection=collection,
         # Records must outlive Gemini's 24 h of retries, or a late retry is published twice.
         dedup_ttl_hours=_integer(env, "RELAY_DEDUP_TTL_HOURS", 72, 25, 24 * 365),
-        claim_lease_seconds=_integer(env, "RELAY_CLAIM_LEASE_SECONDS", 30, 1, 3_600),
+        # A claim is held up to the request budget plus the release budget; a shorter lease
+        # would let a retry take over a claim whose publish is still running.
+        claim_lease_seconds=_integer(
+            env, "RELAY_CLAIM_LEASE_SECONDS", 30, MIN_CLAIM_LEASE_SECONDS, 3_600
+        ),
         warnings=tuple(warnings),
     )
 

@@ -146,6 +146,10 @@ def _read_body(request: flask.Request, limit: int) -> bytes:
                 f"request body not received completely ({type(exc).__name__})"
             ) from None
         if not chunk:
+            # The server may hand over a short body as if complete when the client stops
+            # sending: a Content-Length that lies is caught here.
+            if declared is not None and size < declared:
+                raise BadRequest("request body is shorter than its Content-Length")
             return b"".join(chunks)
         size += len(chunk)
         if size > limit:

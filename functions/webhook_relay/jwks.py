@@ -70,7 +70,7 @@ class _Fetch:
     def __init__(self, fetch: Fetch, url: str, timeout: float, install: Callable[[bytes], None]):
         self._deadline = time.monotonic() + timeout
         self._done = threading.Event()
-        self.error: Unavailable | None = None
+        self.error: str | None = None
 
         def run() -> None:
             try:
@@ -78,7 +78,7 @@ class _Fetch:
             except Exception as exc:
                 # OSError (URLError, HTTPError, timeouts), HTTPException (a truncated or garbled
                 # answer), ValueError (not a key set): the set cannot be used, try later.
-                self.error = Unavailable(f"key set unreachable ({type(exc).__name__})")
+                self.error = f"key set unreachable ({type(exc).__name__})"
             finally:
                 self._done.set()
 
@@ -88,10 +88,11 @@ class _Fetch:
         return self._done.is_set()
 
     def wait(self) -> Unavailable | None:
-        """None once the new keys are installed; otherwise why they are not."""
+        """None once the new keys are installed; otherwise why they are not (a new error for
+        each waiter: one exception object raised in several threads would share a traceback)."""
         if not self._done.wait(max(0.0, self._deadline - time.monotonic())):
             return Unavailable("key set unreachable (too slow)")
-        return self.error
+        return None if self.error is None else Unavailable(self.error)
 
 
 def parse_key_set(raw: bytes) -> dict[str, RSAPublicKey]:

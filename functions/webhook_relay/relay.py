@@ -13,6 +13,7 @@ from google.api_core import exceptions as api_exceptions
 
 from .claim import Claimed, Claims, Duplicate, InFlight
 from .deadline import Deadline
+from .jobs import JobInFlight, JobPublished, TerminalEvents
 from .normalize import normalize
 from .publish import Publisher
 from .routing import Routes
@@ -36,10 +37,17 @@ class Outcome:
 
 
 class Relay:
-    def __init__(self, claims: Claims, publisher: Publisher, routes: Routes) -> None:
+    def __init__(
+        self,
+        claims: Claims,
+        publisher: Publisher,
+        routes: Routes,
+        jobs: TerminalEvents | None = None,
+    ) -> None:
         self._claims = claims
         self._publisher = publisher
         self._routes = routes
+        self._jobs = jobs  # one terminal event per job, shared with `reconcile` (jobs.py)
 
     def deliver(self, delivery: Delivery, scheme: str, deadline: Deadline) -> Outcome:
         event = normalize(delivery.webhook_id, delivery.timestamp, delivery.body, scheme)
@@ -51,13 +59,28 @@ class Relay:
         if event.ping:  # recorded, so `register` can see it arrived; there is nothing to publish
             self._record(claim, None, None)
             return Outcome("ping", 200, event.type, attempts=claim.attempts)
+        try:
+            job = self._jobs.claim(event, delivery.webhook_id, deadline) if self._jobs else None
+        except BaseException:
+            self._release(claim)
+            raise
+        if isinstance(job, JobPublished):  # the job's event is out (reconciled, or delivered)
+            self._record(claim, job.topic, job.message_id)
+            return Outcome("duplicate", 200, event.type, attempts=claim.attempts)
+        if isinstance(job, JobInFlight):
+            self._release(claim)
+            return Outcome("in_flight", 409, event.type, retry_after=job.retry_after)
 
         topic = self._routes.unrouted if event.quarantined else self._routes.topic_for(event.type)
         try:
             message_id = self._publisher.publish(topic, event.data(), event.attributes(), deadline)
         except BaseException:
             self._release(claim)
+            if self._jobs:
+                self._jobs.release(job)
             raise
+        if self._jobs:
+            self._jobs.published(job, topic, message_id)
         self._record(claim, topic, message_id)
         status = "quarantined" if event.quarantined else "accepted"
         return Outcome(status, 200, event.type, topic, message_id, attempts=claim.attempts)

@@ -31,6 +31,13 @@ CATALOG: dict[str, dict[str, Any]] = {
 }
 
 
+def job(event_type: str) -> dict[str, Any]:
+    """The catalog's data for `event_type`, for a job of its own: the relay publishes one
+    terminal event per job, so a test reusing a job id would meet another test's event."""
+    data = CATALOG[event_type]
+    return data | {"id": f"{data['id']}-{secrets.token_hex(4)}"}
+
+
 def envelope(event_type: str, data: dict[str, Any]) -> bytes:
     return json.dumps(
         {"type": event_type, "version": "v1", "timestamp": "2026-11-24T10:00:00Z", "data": data}
@@ -52,14 +59,14 @@ def test_catalog_event_arrives_on_its_topic(
     topic = "gemini-" + event_type.partition(".")[0]
     subscription = stack.subscribe(topic)
     webhook_id = new_id()
-    body = envelope(event_type, CATALOG[event_type])
+    data = job(event_type)
+    body = envelope(event_type, data)
 
     answer = relay.post(body, headers_v1(secret, body, webhook_id))
 
     assert (answer.status, answer.body) == (200, {"status": "accepted", "webhook_id": webhook_id})
     [received] = stack.pull(subscription)
     event = json.loads(received.message.data)
-    data = CATALOG[event_type]
     assert event["id"] == webhook_id
     assert event["type"] == event_type
     assert event["subject"] == data["id"]
@@ -72,6 +79,13 @@ def test_catalog_event_arrives_on_its_topic(
         "webhook_id": webhook_id,
         "subject": data["id"],
         "signature": "hmac",
+        "content-type": "application/cloudevents+json; charset=utf-8",
+        "ce-specversion": "1.0",
+        "ce-id": webhook_id,
+        "ce-source": event["source"],
+        "ce-type": event_type,
+        "ce-time": event["time"],
+        "ce-subject": data["id"],
     }
 
 
@@ -103,7 +117,7 @@ def test_unreadable_body_is_quarantined_on_unrouted(
 def test_resend_and_retry_are_duplicates(stack: Stack, relay: RelayServer, secret: str) -> None:
     subscription = stack.subscribe("gemini-batch")
     webhook_id = new_id()
-    body = envelope("batch.succeeded", CATALOG["batch.succeeded"])
+    body = envelope("batch.succeeded", job("batch.succeeded"))
     first = headers_v1(secret, body, webhook_id)
 
     statuses = [
@@ -122,7 +136,7 @@ def test_concurrent_identical_deliveries_publish_once(
 ) -> None:
     subscription = stack.subscribe("gemini-batch")
     webhook_id = new_id()
-    body = envelope("batch.succeeded", CATALOG["batch.succeeded"])
+    body = envelope("batch.succeeded", job("batch.succeeded"))
     headers = headers_v1(secret, body, webhook_id)
 
     with ThreadPoolExecutor(20) as pool:
@@ -141,7 +155,8 @@ def test_concurrent_identical_deliveries_publish_once(
 
 def test_record_after_an_accepted_delivery(stack: Stack, relay: RelayServer, secret: str) -> None:
     webhook_id = new_id()
-    body = envelope("video.generated", CATALOG["video.generated"])
+    data = job("video.generated")
+    body = envelope("video.generated", data)
     before = datetime.now(UTC)
 
     assert deliver(relay, secret, body, webhook_id) == 200
@@ -152,7 +167,7 @@ def test_record_after_an_accepted_delivery(stack: Stack, relay: RelayServer, sec
     assert record["state"] == "published"
     assert record["attempts"] == 1
     assert record["event_type"] == "video.generated"
-    assert record["subject"] == "videos/v1"
+    assert record["subject"] == data["id"]
     assert record["topic"] == "gemini-video"
     assert record["message_id"]
     assert before - timedelta(seconds=5) <= record["first_seen_at"] <= record["published_at"]
@@ -192,7 +207,7 @@ def test_live_claim_of_another_request_is_in_flight(
             "lease_until": now + timedelta(seconds=20),
         }
     )
-    body = envelope("batch.expired", {"id": "batches/b"})
+    body = envelope("batch.expired", {"id": "batches/" + secrets.token_hex(4)})
 
     answer = relay.post(body, headers_v1(secret, body, webhook_id))
 
@@ -215,7 +230,7 @@ def test_claim_left_by_a_crashed_request_is_taken_over(
             "first_seen_at": crashed,
         }
     )
-    body = envelope("batch.succeeded", CATALOG["batch.succeeded"])
+    body = envelope("batch.succeeded", job("batch.succeeded"))
 
     assert relay.post(body, headers_v1(secret, body, webhook_id)).body["status"] == "accepted"
 
@@ -232,8 +247,18 @@ def test_routes_from_relay_routes(stack: Stack, start_relay: StartRelay, secret:
     )
     failed, other = stack.subscribe("gemini-video"), stack.subscribe("gemini-interaction")
 
-    assert deliver(relay, secret, envelope("batch.failed", {"id": "b"}), new_id()) == 200
-    assert deliver(relay, secret, envelope("batch.expired", {"id": "b"}), new_id()) == 200
+    assert (
+        deliver(
+            relay, secret, envelope("batch.failed", {"id": "b1-" + secrets.token_hex(4)}), new_id()
+        )
+        == 200
+    )
+    assert (
+        deliver(
+            relay, secret, envelope("batch.expired", {"id": "b2-" + secrets.token_hex(4)}), new_id()
+        )
+        == 200
+    )
 
     assert [m.message.attributes["event_type"] for m in stack.pull(failed)] == ["batch.failed"]
     assert [m.message.attributes["event_type"] for m in stack.pull(other)] == ["batch.expired"]
@@ -254,7 +279,11 @@ def test_jwt_and_ed25519_deliveries_are_accepted(
             WEBHOOK_PUBLIC_KEYS=signer.public_key,
         )
         subscription = stack.subscribe("gemini-batch")
-        body = envelope("batch.expired", {"id": "batches/jwt"})
+        # Three jobs: a second terminal event of one job would be a duplicate.
+        body, ed_body, again = (
+            envelope("batch.expired", {"id": "batches/jwt-" + secrets.token_hex(4)})
+            for _ in range(3)
+        )
         now = int(time.time())
         token = key.token({"aud": "https://relay.example/hook"})
         by_jwt = relay.post(
@@ -267,16 +296,16 @@ def test_jwt_and_ed25519_deliveries_are_accepted(
         )
         ed_id = "ed-" + new_id()
         by_ed25519 = relay.post(
-            body,
+            ed_body,
             {
                 "webhook-id": ed_id,
                 "webhook-timestamp": str(now),
-                "webhook-signature": signer.sign(ed_id, now, body),
+                "webhook-signature": signer.sign(ed_id, now, ed_body),
             },
         )
         # A second JWT delivery is served from the cached key set: one fetch in all.
         relay.post(
-            body,
+            again,
             {
                 "webhook-id": "jwt-" + new_id(),
                 "webhook-timestamp": str(now),

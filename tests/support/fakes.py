@@ -22,6 +22,7 @@ from typing import Any
 import flask
 import werkzeug.routing
 from flask.testing import FlaskClient
+from google.api_core import exceptions as api_exceptions
 
 from webhook_relay.claim import Claimed, ClaimResult, Duplicate, InFlight
 from webhook_relay.config import Settings, load_settings
@@ -95,11 +96,13 @@ class FakeClaims:
         return Claimed(webhook_id, attempts, token=attempts)
 
     def mark_published(
-        self, claim: Claimed, topic: str, message_id: str, deadline: Deadline
+        self, claim: Claimed, topic: str | None, message_id: str | None, deadline: Deadline
     ) -> None:
         if self.fail_mark is not None:
             raise self.fail_mark
         record = self.records[claim.webhook_id]
+        if record.attempts != claim.token:  # taken over since: not ours to mark
+            raise api_exceptions.FailedPrecondition("claim taken over")  # type: ignore[no-untyped-call]
         record.state, record.topic, record.message_id = "published", topic, message_id
 
     def release(self, claim: Claimed, deadline: Deadline) -> None:

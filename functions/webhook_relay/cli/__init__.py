@@ -5,6 +5,11 @@ Commands:
   send     deliver a signed Gemini event, as Gemini does (retries, duplicates)
   tail     print the normalized events arriving on the subscriptions
   redrive  re-publish the messages waiting in a subscription through the routing table
+  watch    put interactions or video operations on the safety net's watch list
+  reconcile  run the safety net once (publish terminal events Gemini never delivered)
+  register   register the webhook with Gemini, store its secret, confirm a verified ping
+  rotate     rotate the webhook's signing secret (old and new accepted until the old expires)
+  status     the webhook's state and events, the relay's secrets (expiries), the watch list
 
 Bad input ends with one `Error: …` line on stderr and a non-zero exit status, never a
 traceback (set WEBHOOK_RELAY_DEBUG=1 to see one for an unexpected error).
@@ -19,6 +24,8 @@ import click
 
 from .. import __version__
 from .dev import dev
+from .lifecycle import register, rotate, status
+from .reconcile import reconcile, watch
 from .redrive import redrive
 from .send import send
 from .tail import tail
@@ -43,6 +50,11 @@ cli.add_command(dev)
 cli.add_command(send)
 cli.add_command(tail)
 cli.add_command(redrive)
+cli.add_command(register)
+cli.add_command(rotate)
+cli.add_command(status)
+cli.add_command(watch)
+cli.add_command(reconcile)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,165 @@
+"""Wiring of `reconcile`: its settings, clients, and the HTTP answer of the scheduled function.
+
+Reads only its own variables (and those it shares with the relay: project, topics, routes,
+TTL, lease); never the relay's signing secrets or key set, so each function can be deployed
+with its own configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+
+import flask
+import google.auth
+from google.auth.exceptions import DefaultCredentialsError
+from google.cloud import firestore
+from google.cloud.pubsub_v1 import PublisherClient
+
+from . import logs
+from .app import Lazy
+from .config import MIN_CLAIM_LEASE_SECONDS
+from .errors import ConfigError
+from .jobs import FirestoreJobs, collection_from_env
+from .publish import PubSubPublisher
+from .reconcile import STORE_CALL_SECONDS, Policy, Reconciler
+from .routing import DEFAULT_TOPIC_PREFIX, Routes, parse_routes, valid_topic_id
+
+# What `reconcile` reads besides the variables it shares with `receive_webhook`.
+ENVIRONMENT = (
+    "RELAY_PUBLIC_URL",
+    "RELAY_JOBS_COLLECTION",
+    "RELAY_RECONCILE_GRACE_SECONDS",
+    "RELAY_RECONCILE_LOOKBACK_HOURS",
+    "RELAY_REENABLE_WEBHOOKS",
+    "GEMINI_API_KEY",
+    "GEMINI_API_KEY_FILE",
+    "GEMINI_API_BASE_URL",
+    "GEMINI_API_VERSION",
+)
+
+
+@dataclass(frozen=True)
+class JobStoreSettings:
+    project: str
+    collection: str
+    ttl_hours: int
+    lease_seconds: int
+
+    def store(self, client: Callable[[], firestore.Client] | None = None) -> FirestoreJobs:
+        made = client or Lazy(lambda: firestore.Client(project=self.project))
+        return FirestoreJobs(
+            made,
+            self.collection,
+            self.lease_seconds,
+            self.ttl_hours,
+            call_seconds=STORE_CALL_SECONDS,
+        )
+
+
+@dataclass(frozen=True)
+class ReconcileSettings:
+    store: JobStoreSettings
+    routes: Routes
+    policy: Policy
+
+
+def job_store_settings(env: Mapping[str, str], project: str | None = None) -> JobStoreSettings:
+    return JobStoreSettings(
+        project=project or project_from_env(env),
+        collection=collection_from_env(env),
+        ttl_hours=_integer(env, "RELAY_DEDUP_TTL_HOURS", 72, 25, 24 * 365),
+        lease_seconds=_integer(
+            env, "RELAY_CLAIM_LEASE_SECONDS", 30, MIN_CLAIM_LEASE_SECONDS, 3_600
+        ),
+    )
+
+
+def load_reconcile_settings(env: Mapping[str, str]) -> ReconcileSettings:
+    prefix = env.get("RELAY_TOPIC_PREFIX", DEFAULT_TOPIC_PREFIX)
+    routes = parse_routes(env.get("RELAY_ROUTES"), prefix)
+    if not all(valid_topic_id(topic) for topic in routes.topics()):
+        raise ConfigError("RELAY_TOPIC_PREFIX", "makes a topic id Pub/Sub does not allow")
+    reenable = env.get("RELAY_REENABLE_WEBHOOKS", "").strip().lower() or "false"
+    if reenable not in ("true", "false"):
+        raise ConfigError("RELAY_REENABLE_WEBHOOKS", "must be true or false")
+    policy = Policy(
+        public_url=env.get("RELAY_PUBLIC_URL", "").strip() or None,
+        grace=timedelta(seconds=_integer(env, "RELAY_RECONCILE_GRACE_SECONDS", 900, 0, 7 * 86_400)),
+        lookback=timedelta(hours=_integer(env, "RELAY_RECONCILE_LOOKBACK_HOURS", 72, 1, 24 * 30)),
+        reenable_webhooks=reenable == "true",
+        deliveries_collection=env.get("RELAY_DEDUP_COLLECTION", "").strip() or "webhook_deliveries",
+    )
+    return ReconcileSettings(job_store_settings(env), routes, policy)
+
+
+def project_from_env(env: Mapping[str, str]) -> str:
+    project = env.get("GOOGLE_CLOUD_PROJECT") or env.get("GCP_PROJECT")
+    if project:
+        return project
+    if env.get("FIRESTORE_EMULATOR_HOST") or env.get("PUBSUB_EMULATOR_HOST"):
+        raise ConfigError("GOOGLE_CLOUD_PROJECT", "must be set when using the emulators")
+    try:
+        _, found = google.auth.default()
+    except DefaultCredentialsError:
+        found = None
+    if not found:
+        raise ConfigError("GOOGLE_CLOUD_PROJECT", "not set, and no project in the environment")
+    return str(found)
+
+
+def build(env: Mapping[str, str]) -> Reconciler:
+    """Every client of a run, from the environment; `ConfigError` names a bad variable."""
+    # Imported here: the SDK is this function's dependency alone.
+    from .reconcile_gemini import SdkGeminiJobs, client_for_reconcile  # noqa: PLC0415
+
+    settings = load_reconcile_settings(env)
+    gemini = SdkGeminiJobs(client_for_reconcile(env))
+    project = settings.store.project
+    return Reconciler(
+        gemini,
+        settings.store.store(),
+        PubSubPublisher(Lazy(PublisherClient), project),
+        settings.routes,
+        settings.policy,
+    )
+
+
+def start(env: Mapping[str, str] | None = None) -> Callable[[flask.Request], flask.Response]:
+    """Check the configuration; exit with one log line naming the variable if bad."""
+    env = os.environ if env is None else env
+    logs.configure()
+    try:
+        reconciler = build(env)
+    except ConfigError as error:
+        logs.emit("CRITICAL", f"bad configuration: {error}", variable=error.variable)
+        raise SystemExit(1) from None
+    logs.emit("INFO", "reconcile ready")
+    return lambda request: handle(request, reconciler)
+
+
+def handle(request: flask.Request, reconciler: Reconciler) -> flask.Response:
+    if request.method not in ("GET", "POST"):
+        response = flask.jsonify({"status": "method_not_allowed"})
+        response.status_code = 405
+        response.headers["Allow"] = "GET, POST"
+        return response
+    summary = reconciler.run()
+    response = flask.jsonify(summary.to_json())
+    # 503 only when the run reached nothing at all: the scheduler's retry, and the alert on
+    # failing runs, are for that; a partial run is still a run (its errors are in the log).
+    response.status_code = 503 if summary.unavailable else 200
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not re.fullmatch(r"\d+", raw) or not low <= int(raw) <= high:
+        raise ConfigError(name, f"must be a whole number from {low} to {high}")
+    return int(raw)
