@@ -99,7 +99,7 @@ class FirestoreClaims:
         self._lease = timedelta(seconds=lease_seconds)
         self._ttl = timedelta(hours=ttl_hours)
         self._clock = clock
-        # Transactions take no timeout for begin/commit; a worker thread bounds them.
+        # A worker thread bounds the whole take-over (BoundedTransaction its begin and commit).
         self._workers = concurrent.futures.ThreadPoolExecutor(TAKEOVER_THREADS, "claim-takeover")
 
     def claim(
@@ -267,8 +267,8 @@ class BoundedTransaction(firestore.Transaction):
     functions/requirements.txt).
     """
 
-    def __init__(self, client: firestore.Client, timeout: float) -> None:
-        super().__init__(client, max_attempts=2)
+    def __init__(self, client: firestore.Client, timeout: float, max_attempts: int = 2) -> None:
+        super().__init__(client, max_attempts=max_attempts)
         self._timeout = timeout
 
     def _bounds(self) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from google.api_core.retry import Retry, if_transient_error
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from .claim import BoundedTransaction
 from .deadline import Deadline
 from .errors import ConfigError, Unavailable
 from .normalize import KINDS, NON_TERMINAL, Event
@@ -162,7 +163,7 @@ class FirestoreJobs:
         self._lease = timedelta(seconds=lease_seconds)
         self._ttl = timedelta(hours=ttl_hours)
         self._clock = clock
-        # Transactions take no timeout for begin/commit; a worker thread bounds them. Every
+        # A worker thread bounds the whole claim (BoundedTransaction its begin and commit). Every
         # terminal delivery claims here, so as many workers as an instance serves requests
         # (THREADS, 40 in infra/), or claims would queue behind each other under load.
         self._workers = concurrent.futures.ThreadPoolExecutor(CLAIM_WORKERS, "job-claim")
@@ -203,7 +204,11 @@ class FirestoreJobs:
             return JobClaimed(key, owner, None)
 
         def run() -> JobClaimResult:
-            transaction = self._client().transaction()
+            # Begin and commit bounded too (the library's own wait 60 s); contended by design
+            # (a delivery and a run racing), so the library's 5 attempts.
+            transaction = BoundedTransaction(
+                self._client(), deadline.timeout(self._call_seconds), max_attempts=5
+            )
             result: JobClaimResult = take(transaction)
             if isinstance(result, JobClaimed):
                 written = transaction.write_results or []
