@@ -432,8 +432,6 @@ class TerminalEvents:
     """The webhook path's side of the job record, for `Relay`: only a delivered terminal event
     of a known kind costs a call; everything else gets None without one."""
 
-    RECORD_BUDGET_SECONDS = 1.5  # its own budget, as for delivery records (relay.py)
-
     def __init__(self, gate: JobGate) -> None:
         self._gate = gate
 
@@ -443,13 +441,14 @@ class TerminalEvents:
             return None
         return self._gate.claim(key, webhook_id, event.type, event.subject, deadline)
 
-    def published(self, claim: JobClaimResult | None, topic: str, message_id: str) -> None:
+    def published(
+        self, claim: JobClaimResult | None, topic: str, message_id: str, deadline: Deadline
+    ) -> None:
+        """`deadline`: the budget the relay keeps for its record writes after a publish."""
         if not isinstance(claim, JobClaimed):
             return
         try:
-            self._gate.mark_published(
-                claim, topic, message_id, Deadline(self.RECORD_BUDGET_SECONDS)
-            )
+            self._gate.mark_published(claim, topic, message_id, deadline)
         except Exception as exc:  # published is published: the answer stays 2xx
             log.error(
                 "event published but its job record was not updated (%s); the reconciler may "
@@ -458,11 +457,11 @@ class TerminalEvents:
                 extra={"job_id": claim.key.job_id, "message_id": message_id},
             )
 
-    def release(self, claim: JobClaimResult | None) -> None:
+    def release(self, claim: JobClaimResult | None, deadline: Deadline) -> None:
         if not isinstance(claim, JobClaimed):
             return
         try:
-            self._gate.release(claim, Deadline(self.RECORD_BUDGET_SECONDS))
+            self._gate.release(claim, deadline)
         except Exception as exc:
             log.warning(
                 "job claim not released (%s); it frees itself when its lease ends",
