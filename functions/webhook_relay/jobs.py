@@ -34,7 +34,6 @@ from google.api_core.retry import Retry, if_transient_error
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from .claim import BoundedTransaction
 from .deadline import Deadline
 from .errors import ConfigError, Unavailable
 from .normalize import KINDS, NON_TERMINAL, Event
@@ -163,7 +162,7 @@ class FirestoreJobs:
         self._lease = timedelta(seconds=lease_seconds)
         self._ttl = timedelta(hours=ttl_hours)
         self._clock = clock
-        # A worker thread bounds the whole claim (BoundedTransaction its begin and commit). Every
+        # Transactions take no timeout for begin/commit; a worker thread bounds the wait. Every
         # terminal delivery claims here, so as many workers as an instance serves requests
         # (THREADS, 40 in infra/), or claims would queue behind each other under load.
         self._workers = concurrent.futures.ThreadPoolExecutor(CLAIM_WORKERS, "job-claim")
@@ -204,11 +203,9 @@ class FirestoreJobs:
             return JobClaimed(key, owner, None)
 
         def run() -> JobClaimResult:
-            # Begin and commit bounded too (the library's own wait 60 s); contended by design
-            # (a delivery and a run racing), so the library's 5 attempts.
-            transaction = BoundedTransaction(
-                self._client(), deadline.timeout(self._call_seconds), max_attempts=5
-            )
+            # The library's own transaction: begin and commit wait on a contended lock (a
+            # delivery and a run racing) rather than fail; the caller's wait is bounded.
+            transaction = self._client().transaction()
             result: JobClaimResult = take(transaction)
             if isinstance(result, JobClaimed):
                 written = transaction.write_results or []
