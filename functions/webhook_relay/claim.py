@@ -246,16 +246,25 @@ class FirestoreClaims:
 
     @staticmethod
     def _call(deadline: Deadline, call: Callable[[dict[str, Any]], Any]) -> Any:
-        timeout = deadline.timeout(CALL_SECONDS)
-        retry = Retry(
-            predicate=if_transient_error, initial=0.05, maximum=0.5, multiplier=2, timeout=timeout
-        )
-        try:
-            return call({"retry": retry, "timeout": timeout})
-        except (api_exceptions.AlreadyExists, api_exceptions.FailedPrecondition):
-            raise
-        except api_exceptions.GoogleAPIError as exc:
-            raise Unavailable(f"Firestore failed ({type(exc).__name__})") from exc
+        return firestore_call(deadline, call)
+
+
+def firestore_call(
+    deadline: Deadline, call: Callable[[dict[str, Any]], Any], cap: float = CALL_SECONDS
+) -> Any:
+    """`call(options)` with a timeout and transient retries inside what is left of `deadline`
+    (at most `cap`); store failures become `Unavailable`, the two answers that mean something
+    about the record (AlreadyExists, FailedPrecondition) reach the caller."""
+    timeout = deadline.timeout(cap)
+    retry = Retry(
+        predicate=if_transient_error, initial=0.05, maximum=0.5, multiplier=2, timeout=timeout
+    )
+    try:
+        return call({"retry": retry, "timeout": timeout})
+    except (api_exceptions.AlreadyExists, api_exceptions.FailedPrecondition):
+        raise
+    except api_exceptions.GoogleAPIError as exc:
+        raise Unavailable(f"Firestore failed ({type(exc).__name__})") from exc
 
 
 class BoundedTransaction(firestore.Transaction):
@@ -267,8 +276,8 @@ class BoundedTransaction(firestore.Transaction):
     functions/requirements.txt).
     """
 
-    def __init__(self, client: firestore.Client, timeout: float, max_attempts: int = 2) -> None:
-        super().__init__(client, max_attempts=max_attempts)
+    def __init__(self, client: firestore.Client, timeout: float) -> None:
+        super().__init__(client, max_attempts=2)
         self._timeout = timeout
 
     def _bounds(self) -> dict[str, Any]:

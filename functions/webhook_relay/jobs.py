@@ -30,10 +30,10 @@ from functools import partial
 from typing import Any, Protocol
 
 from google.api_core import exceptions as api_exceptions
-from google.api_core.retry import Retry, if_transient_error
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from .claim import firestore_call
 from .deadline import Deadline
 from .errors import ConfigError, Unavailable
 from .normalize import KINDS, NON_TERMINAL, Event
@@ -383,16 +383,7 @@ class FirestoreJobs:
         return datetime.fromtimestamp(self._clock(), UTC)
 
     def _call(self, deadline: Deadline, call: Callable[[dict[str, Any]], Any]) -> Any:
-        timeout = deadline.timeout(self._call_seconds)
-        retry = Retry(
-            predicate=if_transient_error, initial=0.05, maximum=0.5, multiplier=2, timeout=timeout
-        )
-        try:
-            return call({"retry": retry, "timeout": timeout})
-        except (api_exceptions.AlreadyExists, api_exceptions.FailedPrecondition):
-            raise
-        except api_exceptions.GoogleAPIError as exc:
-            raise Unavailable(f"Firestore failed ({type(exc).__name__})") from exc
+        return firestore_call(deadline, call, self._call_seconds)
 
 
 def _run_aggregation(aggregation: Any, options: dict[str, Any]) -> Any:
