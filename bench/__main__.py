@@ -19,7 +19,7 @@ from types import FrameType
 from bench import claims, coldstart, e2e, micro
 from bench.table import Row, machine, render
 from tests.integration.harness import Stack
-from tests.support.signing import new_secret
+from tests.support.signing import Ed25519Signer, JwksServer, new_secret
 from webhook_relay.emulators import Emulator
 
 RESULTS = Path(__file__).resolve().parent / "results.md"
@@ -115,12 +115,18 @@ def with_emulators(
     rows = coldstart.run(ours, floor, hello, first_deliveries, sizes.starts, sizes.imports)
 
     progress("3: end to end")
-    relay = e2e.Served(stack, secret)
+    # The key set of dynamic deliveries, served on loopback; the relay accepts both forms.
+    keyset = Ed25519Signer()
+    jwks = running.enter_context(JwksServer(keyset).running())
+    dynamic = {"GEMINI_JWKS_URL": jwks.url, "GEMINI_DYNAMIC_WEBHOOKS": "true"}
+    relay = e2e.Served(stack, secret, extra=dynamic)
     running.callback(relay.stop)
     relay.start()
     rows += e2e.throughput_rows(
         stack, relay, secret, sizes.per_cell, sizes.e2e_rounds, sizes.warm_up
     )
+    progress("3: non-terminal and dynamic deliveries")
+    rows += e2e.variant_rows(stack, relay, secret, keyset, sizes.per_cell, sizes.e2e_rounds)
     relay.stop()
 
     progress("3: THREADS set vs unset")

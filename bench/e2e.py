@@ -12,7 +12,7 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -28,7 +28,7 @@ from google.pubsub_v1.services.publisher import PublisherClient as GeneratedPubl
 from bench.micro import envelope
 from bench.table import Row, Spread, quantile, ratio_of_rounds, times
 from tests.integration.harness import PROJECT, RelayServer, Stack, emulator_env
-from tests.support.signing import headers_v1
+from tests.support.signing import Ed25519Signer, headers_v1
 from webhook_relay.claim import CLAIMED, PUBLISHED, TTL_FIELD, document_id
 from webhook_relay.normalize import normalize
 
@@ -68,13 +68,24 @@ class Signed:
     attributes: dict[str, str]
 
 
-def sign(secret: str, count: int) -> list[Signed]:
+def sign(
+    secret: str,
+    count: int,
+    event_type: str = "batch.succeeded",
+    keyset: Ed25519Signer | None = None,
+) -> list[Signed]:
+    """`count` new deliveries: HMAC-signed, or with `keyset`, signed `v1a` by a key of the
+    key set as dynamic deliveries reportedly are (python-genai issue 2927)."""
     deliveries = []
     for _ in range(count):
-        body = envelope(300)
+        body = envelope(300, event_type)
         headers = headers_v1(secret, body, webhook_id="msg_" + secrets.token_hex(12))
-        webhook_id = headers["webhook-id"]
-        event = normalize(webhook_id, int(headers["webhook-timestamp"]), body, "hmac")
+        webhook_id, timestamp = headers["webhook-id"], int(headers["webhook-timestamp"])
+        scheme = "hmac"
+        if keyset is not None:
+            headers["webhook-signature"] = keyset.sign(webhook_id, timestamp, body)
+            scheme = "keyset-ed25519"
+        event = normalize(webhook_id, timestamp, body, scheme)
         deliveries.append(Signed(webhook_id, body, headers, event.data(), event.attributes()))
     return deliveries
 
@@ -381,13 +392,14 @@ def throughput_rows(
             rows.append(
                 Row(
                     "3",
-                    f"end to end, new deliveries, concurrency {concurrency}",
+                    f"end to end, new terminal deliveries, concurrency {concurrency}",
                     fresh["ours"].show(),
                     fresh["floor"].show(),
                     times(ratio, 2),
                     "≥ 0.8",
                     ratio >= 0.8,
-                    f"{size * count} deliveries a side in {count} rounds; keep-alive HTTP "
+                    f"{size * count} `batch.succeeded` deliveries a side in {count} rounds, each "
+                    "a new job (the delivery's and the job's records, one commit); keep-alive HTTP "
                     "client threads in the bench process, served by gunicorn's 1 worker with "
                     f"{relay.threads or DEFAULT_THREADS} threads; floor: create, publish + "
                     "result(), update with the raw clients in as many threads as the concurrency."
@@ -427,6 +439,59 @@ def throughput_rows(
                     "`duplicate`; floor: create (AlreadyExists) then get."
                     + _cpu_note(dups["ours"], dups["floor"])
                     + _unexpected(dups["ours"], "duplicate"),
+                )
+            )
+    finally:
+        floor.close()
+    return rows
+
+
+VARIANT_AT = 8  # the concurrency of the variant rows
+
+
+def variant_rows(
+    stack: Stack, relay: Served, secret: str, keyset: Ed25519Signer, per_cell: int, rounds: int
+) -> list[Row]:
+    """Row 3: deliveries other than the HMAC-signed terminal ones, each beside the floor in
+    the same interleaved rounds: a non-terminal type (no job record at all), and a dynamic
+    `v1a` delivery verified against the key set's Ed25519 keys."""
+    variants = {
+        "new non-terminal deliveries (`interaction.requires_action`: no job record)": partial(
+            sign, secret, event_type="interaction.requires_action"
+        ),
+        "new dynamic `v1a` deliveries (Ed25519 key of the key set, `keyset-ed25519`)": partial(
+            sign, secret, keyset=keyset
+        ),
+    }
+    floor = Floor(stack)
+    meter = Meter.of(stack, relay)
+    rows: list[Row] = []
+    try:
+        for label, make in variants.items():
+            size = max(per_cell // rounds, 5 * VARIANT_AT)
+            count = max(2, per_cell // size)
+            cells = {"ours": Cell(), "floor": Cell()}
+            order: list[tuple[str, Callable[[], Worker]]] = [
+                ("ours", partial(HttpWorker, relay.port)),
+                ("floor", lambda: floor.deliver),
+            ]
+            for index in range(count):
+                batch = make(size)
+                for side, new in order if index % 2 == 0 else order[::-1]:
+                    cells[side].measure(meter, batch, VARIANT_AT, new)
+            ratio = ratio_of_rounds(cells["ours"].rates(), cells["floor"].rates())
+            rows.append(
+                Row(
+                    "3",
+                    f"end to end, {label}, concurrency {VARIANT_AT}",
+                    cells["ours"].show(),
+                    cells["floor"].show(),
+                    times(ratio, 2),
+                    "≥ 0.8",
+                    ratio >= 0.8,
+                    f"{size * count} deliveries a side in {count} rounds; floor as above."
+                    + _cpu_note(cells["ours"], cells["floor"])
+                    + _unexpected(cells["ours"], "accepted"),
                 )
             )
     finally:
@@ -532,8 +597,14 @@ class Served(RelayServer):
     """The relay as the tests serve it, plus what a benchmark needs: its pid and a clean-up.
     THREADS is set as Terraform sets it unless `threads` is None (the framework's default)."""
 
-    def __init__(self, stack: Stack, secret: str, threads: int | None = THREADS) -> None:
-        env = {**stack.env(), "WEBHOOK_SIGNING_SECRETS": secret}
+    def __init__(
+        self,
+        stack: Stack,
+        secret: str,
+        threads: int | None = THREADS,
+        extra: Mapping[str, str] | None = None,
+    ) -> None:
+        env = {**stack.env(), "WEBHOOK_SIGNING_SECRETS": secret, **(extra or {})}
         if threads is not None:
             env["THREADS"] = str(threads)
         super().__init__(env)

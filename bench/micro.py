@@ -27,11 +27,12 @@ ROUND_SECONDS = 0.04
 AUDIENCE = "https://relay.example/bench"
 
 
-def envelope(size: int) -> bytes:
-    """A Gemini `batch.succeeded` envelope, padded to exactly `size` bytes."""
+def envelope(size: int, event_type: str = "batch.succeeded") -> bytes:
+    """A Gemini envelope (`batch.succeeded`: a job's terminal event), padded to exactly
+    `size` bytes."""
     job = "batch_" + secrets.token_hex(6)
     document = {
-        "type": "batch.succeeded",
+        "type": event_type,
         "version": "v1",
         "timestamp": "2026-05-04T12:00:00Z",
         "data": {"id": job, "output_file_uri": f"gs://my-bucket/batches/{job}/results.jsonl"},

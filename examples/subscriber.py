@@ -1,8 +1,13 @@
 """React to finished Gemini jobs: a streaming-pull subscriber of the relay's topics.
 
-It prints where the output of each `batch.succeeded` and `video.generated` event is, and
-acknowledges every message. Each event arrives verified and deduplicated by the relay, as a
-CloudEvent that `webhook_relay.subscriber.parse_event` reads into a typed `RelayEvent`.
+It prints where the output of each `batch.succeeded` and `video.generated` event is. Each event
+arrives verified and deduplicated by the relay, as a CloudEvent that
+`webhook_relay.subscriber.relay_callback` reads into a typed `RelayEvent`, hands to `handle`,
+and then acknowledges, waiting for Pub/Sub to confirm the ack (final with exactly-once
+delivery, which Terraform enables). A handler can still see an event twice: an ack that failed
+("redelivery possible" in the log), a crash between the work and the ack. So `handle` is
+idempotent on the CloudEvent `id`: it claims each id before the work and skips an id it has
+already claimed.
 
 Against the local dev setup (three shells, from the repository root):
 
@@ -22,8 +27,9 @@ Against Pub/Sub itself (Application Default Credentials, the subscriptions from 
         --subscription gemini-batch-sub --subscription gemini-video-sub
 
 A production subscriber would rather have subscriptions that receive only what it handles,
-with a filter on the `event_type` attribute (`attributes.event_type = "batch.succeeded"`), and
-would deduplicate on `event.id` if it must act exactly once.
+with a filter on the `event_type` attribute (`attributes.event_type = "batch.succeeded"`) or
+on its own `user_metadata` (`attributes.um_team = "search"`), and would keep the ids it
+finished in durable storage (below: in memory, so a restart forgets them).
 """
 
 from __future__ import annotations
@@ -37,9 +43,9 @@ import sys
 import threading
 
 from google.cloud.pubsub_v1 import SubscriberClient
-from google.cloud.pubsub_v1.subscriber.message import Message
 
-from webhook_relay.subscriber import NotARelayEvent, parse_event
+from webhook_relay import logs
+from webhook_relay.subscriber import RelayEvent, relay_callback
 
 log = logging.getLogger("subscriber")
 # Callbacks run on several threads at once, and `print` writes the text and the newline
@@ -52,26 +58,51 @@ def say(line: str) -> None:
         print(line, flush=True)
 
 
-def handle(message: Message) -> None:
-    """Called by the client library, on its own threads, once per message."""
-    try:
-        event = parse_event(message)
-    except NotARelayEvent as error:
-        # Not published by the relay. Acknowledged so it is not redelivered forever; with a
-        # dead-letter policy on the subscription, `message.nack()` would set it aside instead.
-        log.warning("skipping message %s: %s", message.message_id, error)
-        message.ack()
-        return
+class Handled:
+    """Event ids handled or being handled. In memory here, so a restart forgets them; in
+    production a durable store written with the work itself: a unique key on the event id in
+    the database the work writes to, in the same transaction, or a Firestore document per id
+    created with `create()`, which fails if it exists."""
 
-    if event.type == "batch.succeeded":
-        # No output_uri: an inline batch, whose results come from the Gemini API by job id.
-        where = event.output_uri or "inline: get the batch by its id from the Gemini API"
-        say(f"batch {event.job_id} succeeded: {where}")
-    elif event.type == "video.generated":
-        say(f"video {event.job_id} generated: {event.output_uri} ({event.file_name})")
-    else:
-        log.info("ignoring %s %s", event.type, event.subject)
-    message.ack()  # after the work: a crash before this line means Pub/Sub redelivers it
+    def __init__(self) -> None:
+        self._ids: set[str] = set()
+        self._lock = threading.Lock()
+
+    def claim(self, event_id: str) -> bool:
+        """True the first time for an id: the caller does the work."""
+        with self._lock:
+            if event_id in self._ids:
+                return False
+            self._ids.add(event_id)
+            return True
+
+    def release(self, event_id: str) -> None:
+        """The work failed: let a redelivery do it."""
+        with self._lock:
+            self._ids.discard(event_id)
+
+
+handled = Handled()
+
+
+def handle(event: RelayEvent) -> None:
+    """Called once per delivered event, on the client library's threads. Raising makes
+    `relay_callback` nack the message: Pub/Sub redelivers it after the subscription's backoff."""
+    if not handled.claim(event.id):
+        log.info("event %s already handled: skipped", event.id)  # a redelivery
+        return
+    try:
+        if event.type == "batch.succeeded":
+            # No output_uri: an inline batch, whose results come from the Gemini API by job id.
+            where = event.output_uri or "inline: get the batch by its id from the Gemini API"
+            say(f"batch {event.job_id} succeeded: {where}")
+        elif event.type == "video.generated":
+            say(f"video {event.job_id} generated: {event.output_uri} ({event.file_name})")
+        else:
+            log.info("ignoring %s %s", event.type, event.subject)
+    except Exception:
+        handled.release(event.id)
+        raise
 
 
 def main() -> int:
@@ -83,14 +114,26 @@ def main() -> int:
         help="subscription id (repeatable); default: gemini-batch-dev and gemini-video-dev",
     )
     parser.add_argument("--timeout", type=float, help="stop after this many seconds")
+    parser.add_argument(
+        "--json-logs",
+        action="store_true",
+        help="log JSON lines for Cloud Logging (on Cloud Run or GKE): each line then carries "
+        "the trace of the Gemini delivery that published the event",
+    )
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if args.json_logs:
+        logs.configure()
+    else:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
     names = args.subscription or ["gemini-batch-dev", "gemini-video-dev"]
     subscriber = SubscriberClient()
     with subscriber:
         streams = [
-            subscriber.subscribe(f"projects/{args.project}/subscriptions/{name}", callback=handle)
+            subscriber.subscribe(
+                f"projects/{args.project}/subscriptions/{name}",
+                callback=relay_callback(handle, project=args.project),
+            )
             for name in names
         ]
         log.info("listening on %s (Ctrl-C to stop)", ", ".join(names))

@@ -21,7 +21,7 @@ resource "google_logging_metric" "responses" {
     labels {
       key         = "signature"
       value_type  = "STRING"
-      description = "The scheme the delivery claims (hmac, ed25519, jwt, none, unknown); proves nothing on a 401."
+      description = "The delivery's scheme: hmac, ed25519, keyset-ed25519 (a dynamic delivery signed with a key-set key), jwt; on a 401 only the claimed one (or none, unknown), which proves nothing."
     }
   }
 
@@ -29,6 +29,8 @@ resource "google_logging_metric" "responses" {
     status    = "EXTRACT(jsonPayload.status)"
     signature = "EXTRACT(jsonPayload.signature)"
   }
+
+  depends_on = [time_sleep.apis_enabled]
 }
 
 resource "google_logging_metric" "latency" {
@@ -63,6 +65,8 @@ resource "google_logging_metric" "latency" {
       scale              = 1
     }
   }
+
+  depends_on = [time_sleep.apis_enabled]
 }
 
 locals {
@@ -76,6 +80,7 @@ locals {
   dashboard_filters = {
     responses    = local.responses_metric
     latency      = "metric.type=\"logging.googleapis.com/user/${google_logging_metric.latency.name}\" AND resource.type=\"cloud_run_revision\""
+    accepted     = "${local.responses_metric} AND metric.labels.status=\"accepted\""
     unauthorized = "${local.responses_metric} AND metric.labels.status=\"unauthorized\""
     unavailable  = "${local.responses_metric} AND metric.labels.status=\"unavailable\""
     run_5xx      = "metric.type=\"run.googleapis.com/request_count\" AND ${local.relay_service} AND metric.labels.response_code_class=\"5xx\""

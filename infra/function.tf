@@ -62,6 +62,8 @@ resource "google_cloudfunctions2_function" "relay" {
     runtime         = "python312"
     entry_point     = "receive_webhook"
     service_account = local.build_service_account
+    # Images go to a repository Terraform manages, with a cleanup policy (artifacts.tf).
+    docker_repository = google_artifact_registry_repository.functions.id
 
     source {
       storage_source {
@@ -102,16 +104,66 @@ resource "google_cloudfunctions2_function" "relay" {
   # The build needs its account's grants, and the first revision starts only if it can already
   # read the secret and reach its data: both wait until the grants have propagated.
   depends_on = [time_sleep.apis_enabled, time_sleep.iam_propagated]
+
+  lifecycle {
+    # Cloud Run gives the deterministic URL (local.run_url) only to a service whose
+    # "<name>-<project number>" DNS label has at most 63 characters.
+    precondition {
+      condition     = length("${var.name_prefix}-${data.google_project.this.number}") <= 63
+      error_message = "name_prefix is too long for Cloud Run's deterministic URL (\"<name_prefix>-<project number>\" must have at most 63 characters)."
+    }
+    precondition {
+      condition     = var.min_instances <= var.max_instances
+      error_message = "min_instances must not exceed max_instances."
+    }
+  }
 }
 
 # Gemini cannot present Google credentials, so the endpoint is public. Every request is
 # authenticated by the code instead: HMAC or ed25519 signatures, or a Google-signed JWT,
 # are verified on the raw body before anything is parsed or stored.
+#
+# Cloud Run recommends disabling its invoker IAM check over an allUsers binding, and it is the
+# way that works under domain-restricted sharing (iam.allowedPolicyMemberDomains refuses
+# allUsers): https://cloud.google.com/run/docs/authenticating/public. The Cloud Functions API
+# has no such field and the provider none on google_cloudfunctions2_function
+# (hashicorp/terraform-provider-google#23360), so gcloud sets it on the function's service,
+# again after every deploy of the function, which owns that service.
+resource "terraform_data" "invoker_iam_check_disabled" {
+  count = var.public_access == "no_invoker_iam_check" ? 1 : 0
+
+  triggers_replace = [
+    google_cloudfunctions2_function.relay.update_time,
+    google_cloudfunctions2_function.relay.service_config[0].service,
+  ]
+
+  provisioner "local-exec" {
+    command = "gcloud run services update ${google_cloudfunctions2_function.relay.name} --no-invoker-iam-check --region ${var.region} --project ${var.project_id} --quiet"
+  }
+}
+
 resource "google_cloud_run_service_iam_member" "public_invoker" {
   #checkov:skip=CKV_GCP_102:Gemini cannot present Google credentials; each request is authenticated by its webhook signature in the code.
+  count = var.public_access == "all_users" ? 1 : 0
+
   project  = var.project_id
   location = google_cloudfunctions2_function.relay.location
   service  = google_cloudfunctions2_function.relay.name
   role     = "roles/run.invoker"
   member   = "allUsers"
+}
+
+# The functions are built by Cloud Build in their region, and Cloud Build restricts some
+# projects, depending on usage (new ones among them), to six regions:
+# https://cloud.google.com/build/docs/locations#restricted_regions_for_some_projects. A plan
+# elsewhere warns (projects without the restriction build anywhere).
+check "build_region" {
+  assert {
+    condition     = contains(local.build_regions_for_new_projects, var.region)
+    error_message = "Cloud Build may restrict this project to ${join(", ", local.build_regions_for_new_projects)}; a build in ${var.region} would then fail. Choose one of them as region if this is a new project."
+  }
+}
+
+locals {
+  build_regions_for_new_projects = ["us-central1", "us-west2", "europe-west1", "asia-east1", "australia-southeast1", "southamerica-east1"]
 }

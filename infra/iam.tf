@@ -1,5 +1,6 @@
-# The function's own identity: it may read its secret, use Firestore and publish to its topics,
-# and nothing else. Cloud Run collects stdout logs without any role on the runtime account.
+# The function's own identity: it may read its secret, use its Firestore database and publish to
+# its topics, and nothing else. Cloud Run collects stdout logs without any role on the runtime
+# account.
 resource "google_service_account" "relay" {
   project      = var.project_id
   account_id   = "${var.name_prefix}-fn"
@@ -9,12 +10,24 @@ resource "google_service_account" "relay" {
   depends_on = [time_sleep.apis_enabled]
 }
 
-# Firestore has no per-collection (or per-document) IAM, so the narrowest grant that lets the
-# function run transactions on its delivery records is datastore.user on the project.
+# Firestore has no per-collection IAM; an IAM condition on the database's name keeps the role to
+# the relay's database (Firestore documents per-database access with IAM conditions:
+# https://cloud.google.com/firestore/docs/security/iam, IAM Conditions).
 resource "google_project_iam_member" "relay_datastore" {
   project = var.project_id
   role    = "roles/datastore.user"
   member  = local.runtime_member
+
+  condition {
+    title       = "relay database only"
+    description = "The relay's Firestore database."
+    expression  = local.database_condition
+  }
+
+  # A deployment that had the unconditioned grant gets the new one before losing the old.
+  lifecycle {
+    create_before_destroy = true
+  }
 }
 
 resource "google_pubsub_topic_iam_member" "relay_publisher" {
@@ -33,8 +46,20 @@ resource "google_secret_manager_secret_iam_member" "relay_accessor" {
   member    = local.runtime_member
 }
 
-# Pub/Sub's own service agent moves messages to dead-letter topics: it must publish there and
-# acknowledge the message on the source subscription.
+# Pub/Sub's service agent moves messages to dead-letter topics. It is created lazily, some time
+# after the API is enabled, so a grant to it can fail on a new project ("Service account ...
+# does not exist"); asking for it creates it now (google-beta only).
+resource "google_project_service_identity" "pubsub" {
+  provider = google-beta
+
+  project = var.project_id
+  service = "pubsub.googleapis.com"
+
+  depends_on = [time_sleep.apis_enabled]
+}
+
+# The service agent must publish to each dead-letter topic and acknowledge the message on the
+# source subscription.
 resource "google_pubsub_topic_iam_member" "dead_letter_publisher" {
   for_each = google_pubsub_topic.dead_letter
 
@@ -42,16 +67,16 @@ resource "google_pubsub_topic_iam_member" "dead_letter_publisher" {
   topic   = each.value.name
   role    = "roles/pubsub.publisher"
   member  = local.pubsub_service_agent
-
-  # The service agent exists only once the Pub/Sub API has been enabled for a while.
-  depends_on = [time_sleep.apis_enabled]
 }
 
 resource "google_pubsub_subscription_iam_member" "dead_letter_source_subscriber" {
-  for_each = google_pubsub_subscription.relay
+  for_each = merge(
+    { for topic, subscription in google_pubsub_subscription.relay : topic => subscription.name },
+    { for id, subscription in google_pubsub_subscription.filtered : "filtered:${id}" => subscription.name },
+  )
 
   project      = var.project_id
-  subscription = each.value.name
+  subscription = each.value
   role         = "roles/pubsub.subscriber"
   member       = local.pubsub_service_agent
 }
@@ -70,17 +95,23 @@ resource "google_service_account" "build" {
   depends_on = [time_sleep.apis_enabled]
 }
 
-# Build logs, and pushing the image to the gcf-artifacts repository that Cloud Functions creates
-# itself (it does not exist before the first build, so the grant cannot name it).
+# Build logs.
 resource "google_project_iam_member" "build" {
-  for_each = var.build_service_account == null ? toset([
-    "roles/logging.logWriter",
-    "roles/artifactregistry.writer",
-  ]) : toset([])
+  for_each = var.build_service_account == null ? toset(["roles/logging.logWriter"]) : toset([])
 
   project = var.project_id
   role    = each.value
   member  = local.build_member
+}
+
+# Pushing the images: only to the repository below (the given build account too, so it needs
+# no project-wide writer role).
+resource "google_artifact_registry_repository_iam_member" "build_writer" {
+  project    = var.project_id
+  location   = google_artifact_registry_repository.functions.location
+  repository = google_artifact_registry_repository.functions.name
+  role       = "roles/artifactregistry.writer"
+  member     = local.build_member
 }
 
 # Reading the source archive: in our bucket, and in the gcf-v2-sources bucket Cloud Functions
@@ -105,16 +136,25 @@ resource "google_project_iam_member" "build_source_reader" {
   }
 }
 
-# A new service account and new grants take a minute or more to be honoured everywhere; a
-# function deployed before that fails its build or its first revision ("permission denied").
+# New service accounts and grants are not honoured everywhere at once: Google documents that
+# an access change "typically" takes 2 minutes and can take 7 or more
+# (https://cloud.google.com/iam/docs/access-change-propagation). A build or a first revision
+# started earlier fails ("permission denied"). 180 s costs nothing on a first apply: the
+# functions' builds still end before the alert policies' wait for their metrics (alerts.tf).
 resource "time_sleep" "iam_propagated" {
-  create_duration = "60s"
+  create_duration = "${local.iam_propagation_seconds}s"
   triggers = {
     runtime   = google_service_account.relay.email
     build     = local.build_service_account
     datastore = google_project_iam_member.relay_datastore.id
     secret    = google_secret_manager_secret_iam_member.relay_accessor.id
     topics    = join(",", [for grant in google_pubsub_topic_iam_member.relay_publisher : grant.id])
-    builder   = join(",", concat([for grant in google_project_iam_member.build : grant.id], google_project_iam_member.build_source_reader[*].id))
+    builder   = join(",", concat([for grant in google_project_iam_member.build : grant.id], google_project_iam_member.build_source_reader[*].id, [google_artifact_registry_repository_iam_member.build_writer.id]))
   }
+}
+
+locals {
+  iam_propagation_seconds = 180
+  pubsub_service_agent    = google_project_service_identity.pubsub.member
+  database_condition      = "resource.name == \"projects/${var.project_id}/databases/${var.firestore_database}\""
 }

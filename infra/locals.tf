@@ -28,6 +28,7 @@ locals {
     RELAY_CLAIM_LEASE_SECONDS    = tostring(var.claim_lease_seconds)
     GEMINI_JWT_AUDIENCE          = length(var.jwt_audiences) > 0 ? join(",", var.jwt_audiences) : null
     GEMINI_JWT_ISSUERS           = length(var.jwt_issuers) > 0 ? join(",", var.jwt_issuers) : null
+    GEMINI_DYNAMIC_WEBHOOKS      = tostring(var.dynamic_webhooks)
     WEBHOOK_SIGNING_SECRETS_FILE = local.signing_secrets_file
     # functions-framework serves each instance with THREADS worker threads (default 4 per CPU):
     # fewer than the concurrency Cloud Run sends would queue requests inside the instance.
@@ -37,9 +38,17 @@ locals {
   runtime_member = "serviceAccount:${google_service_account.relay.email}"
   # The build account in the form build_config wants (projects/<project>/serviceAccounts/<email>).
   build_service_account = var.build_service_account != null ? var.build_service_account : one(google_service_account.build[*].id)
-  build_member          = "serviceAccount:${one(google_service_account.build[*].email)}"
-  pubsub_service_agent  = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
-  source_buckets        = [google_storage_bucket.source.name, "gcf-v2-sources-${data.google_project.this.number}-${var.region}"]
+  # From the variable when one is given: the dedicated account does not exist then.
+  build_member   = "serviceAccount:${var.build_service_account != null ? element(split("/", var.build_service_account), 3) : one(google_service_account.build[*].email)}"
+  source_buckets = [google_storage_bucket.source.name, "gcf-v2-sources-${data.google_project.this.number}-${var.region}"]
+
+  # Cloud Run's deterministic URL, known while planning (a 2nd gen function is a Cloud Run
+  # service): https://cloud.google.com/run/docs/triggering/https-request#deterministic. The
+  # function's service_config[0].uri is known only after apply, and an environment variable
+  # built from it fails a first apply ("Provider produced inconsistent final plan",
+  # hashicorp/terraform-provider-google#18747, #22497).
+  run_url    = "https://${var.name_prefix}-${data.google_project.this.number}.${var.region}.run.app"
+  public_url = coalesce(var.public_url, var.relay_public_url, local.run_url)
 }
 
 data "google_project" "this" {

@@ -1,9 +1,12 @@
 # Counters built from the function's request log: one JSON line per request on stdout, which
-# Cloud Logging stores as jsonPayload on the function's Cloud Run revision.
+# Cloud Logging stores as jsonPayload on the function's Cloud Run revision. The filters name the
+# functions' services by their known names (function.tf, reconcile.tf), not through the function
+# resources: the metrics are then created early, and their propagation wait (alerts.tf) runs
+# beside the builds.
 locals {
   request_log_filter = join(" AND ", [
     "resource.type=\"cloud_run_revision\"",
-    "resource.labels.service_name=\"${google_cloudfunctions2_function.relay.name}\"",
+    "resource.labels.service_name=\"${var.name_prefix}\"",
   ])
 
   # Only verified deliveries carry a trustworthy event_type; refusals and failures are
@@ -45,6 +48,8 @@ resource "google_logging_metric" "requests" {
   label_extractors = each.value.label == null ? {} : {
     (each.value.label) = "EXTRACT(jsonPayload.${each.value.label})"
   }
+
+  depends_on = [time_sleep.apis_enabled]
 }
 
 resource "google_monitoring_notification_channel" "email" {

@@ -1,5 +1,10 @@
 output "function_url" {
-  description = "HTTPS endpoint to register with Gemini's WebhookService (and to put in jwt_audiences for JWT-signed deliveries)."
+  description = "HTTPS endpoint to register with Gemini's WebhookService (and to put in jwt_audiences for JWT-signed deliveries): public_url, or the function's deterministic Cloud Run URL, known before the function exists."
+  value       = local.public_url
+}
+
+output "service_url" {
+  description = "The URL Cloud Run reports for the receiver's service (its hash-based run.app URL); it serves the same function."
   value       = google_cloudfunctions2_function.relay.service_config[0].uri
 }
 

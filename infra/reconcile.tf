@@ -2,7 +2,7 @@
 # receiver, its own identity, reachable only by its Cloud Scheduler job.
 
 # The Gemini API key reconcile calls the API with. Versions are added with gcloud, never here,
-# so the key never enters the state.
+# so the key never enters the state. Kept on destroy like the signing secrets (secrets.tf).
 resource "google_secret_manager_secret" "gemini_api_key" {
   project   = var.project_id
   secret_id = "${var.name_prefix}-gemini-api-key"
@@ -12,6 +12,10 @@ resource "google_secret_manager_secret" "gemini_api_key" {
   }
 
   depends_on = [time_sleep.apis_enabled]
+
+  lifecycle {
+    prevent_destroy = true
+  }
 }
 
 resource "google_service_account" "reconcile" {
@@ -23,11 +27,23 @@ resource "google_service_account" "reconcile" {
   depends_on = [time_sleep.apis_enabled]
 }
 
-# Firestore has no per-collection IAM: datastore.user on the project, as for the receiver.
+# Firestore has no per-collection IAM: datastore.user on the relay's database, as for the
+# receiver.
 resource "google_project_iam_member" "reconcile_datastore" {
   project = var.project_id
   role    = "roles/datastore.user"
   member  = local.reconcile_member
+
+  condition {
+    title       = "relay database only"
+    description = "The relay's Firestore database."
+    expression  = local.database_condition
+  }
+
+  # A deployment that had the unconditioned grant gets the new one before losing the old.
+  lifecycle {
+    create_before_destroy = true
+  }
 }
 
 resource "google_pubsub_topic_iam_member" "reconcile_publisher" {
@@ -46,15 +62,16 @@ resource "google_secret_manager_secret_iam_member" "reconcile_api_key" {
   member    = local.reconcile_member
 }
 
-# A new account and its grants take a while to be honoured; the first revision needs them.
+# A new account and its grants take a while to be honoured; the first revision needs them. The
+# same wait as the receiver's (iam.tf), running beside it; the build's grants are waited for by
+# time_sleep.iam_propagated, which the function depends on too.
 resource "time_sleep" "reconcile_iam_propagated" {
-  create_duration = "60s"
+  create_duration = "${local.iam_propagation_seconds}s"
   triggers = {
     runtime   = google_service_account.reconcile.email
     datastore = google_project_iam_member.reconcile_datastore.id
     secret    = google_secret_manager_secret_iam_member.reconcile_api_key.id
     topics    = join(",", [for grant in google_pubsub_topic_iam_member.reconcile_publisher : grant.id])
-    build     = time_sleep.iam_propagated.id
   }
 }
 
@@ -65,9 +82,10 @@ resource "google_cloudfunctions2_function" "reconcile" {
   description = "Publishes the terminal job events Gemini never delivered, and reports disabled webhooks."
 
   build_config {
-    runtime         = "python312"
-    entry_point     = "reconcile"
-    service_account = local.build_service_account
+    runtime           = "python312"
+    entry_point       = "reconcile"
+    service_account   = local.build_service_account
+    docker_repository = google_artifact_registry_repository.functions.id
 
     source {
       storage_source {
@@ -107,7 +125,16 @@ resource "google_cloudfunctions2_function" "reconcile" {
     }
   }
 
-  depends_on = [time_sleep.apis_enabled, time_sleep.reconcile_iam_propagated]
+  depends_on = [time_sleep.apis_enabled, time_sleep.iam_propagated, time_sleep.reconcile_iam_propagated]
+
+  lifecycle {
+    # Job records must outlive the look-back, or a batch delivered 25-49 h ago (record expired,
+    # batch still listed) would be reconciled, and published, a second time.
+    precondition {
+      condition     = var.reconcile_lookback_hours <= var.dedup_ttl_hours
+      error_message = "reconcile_lookback_hours must not exceed dedup_ttl_hours (RELAY_RECONCILE_LOOKBACK_HOURS <= RELAY_DEDUP_TTL_HOURS)."
+    }
+  }
 }
 
 # The scheduler's identity: it may invoke reconcile, and nothing else.
@@ -130,7 +157,7 @@ resource "google_cloud_run_service_iam_member" "reconcile_invoker" {
 
 resource "google_cloud_scheduler_job" "reconcile" {
   project          = var.project_id
-  region           = var.region
+  region           = local.scheduler_region
   name             = "${var.name_prefix}-reconcile"
   description      = "Runs ${var.name_prefix}-reconcile."
   schedule         = var.reconcile_schedule
@@ -170,8 +197,32 @@ resource "google_firestore_field" "job_expiry" {
   depends_on = [google_firestore_field.delivery_expiry]
 }
 
+# reconcile checks watched jobs least recently checked first:
+# `where state in [...] order by checked_at` needs this composite index in production (the
+# emulator never asks for one). After the field operations, one index operation at a time.
+resource "google_firestore_index" "jobs_by_checked_at" {
+  project     = var.project_id
+  database    = var.firestore_database
+  collection  = var.jobs_collection
+  query_scope = "COLLECTION"
+
+  fields {
+    field_path = "state"
+    order      = "ASCENDING"
+  }
+
+  fields {
+    field_path = "checked_at"
+    order      = "ASCENDING"
+  }
+
+  depends_on = [google_firestore_field.job_expiry]
+}
+
 locals {
-  reconcile_member          = "serviceAccount:${google_service_account.reconcile.email}"
+  reconcile_member = "serviceAccount:${google_service_account.reconcile.email}"
+  # Cloud Scheduler is offered in fewer regions than Cloud Run functions.
+  scheduler_region          = coalesce(var.scheduler_region, var.region)
   reconcile_timeout_seconds = 300
 
   api_key_mount_path = "/etc/gemini"
@@ -187,7 +238,7 @@ locals {
     RELAY_DEDUP_TTL_HOURS          = tostring(var.dedup_ttl_hours)
     RELAY_CLAIM_LEASE_SECONDS      = tostring(var.claim_lease_seconds)
     RELAY_JOBS_COLLECTION          = var.jobs_collection
-    RELAY_PUBLIC_URL               = coalesce(var.relay_public_url, google_cloudfunctions2_function.relay.service_config[0].uri)
+    RELAY_PUBLIC_URL               = local.public_url
     RELAY_RECONCILE_GRACE_SECONDS  = tostring(var.reconcile_grace_seconds)
     RELAY_RECONCILE_LOOKBACK_HOURS = tostring(var.reconcile_lookback_hours)
     RELAY_REENABLE_WEBHOOKS        = tostring(var.reenable_webhooks)
@@ -196,7 +247,7 @@ locals {
 
   reconcile_log_filter = join(" AND ", [
     "resource.type=\"cloud_run_revision\"",
-    "resource.labels.service_name=\"${google_cloudfunctions2_function.reconcile.name}\"",
+    "resource.labels.service_name=\"${var.name_prefix}-reconcile\"",
   ])
 
   # The log lines reconcile writes (webhook_relay.reconcile) that alerts count.
@@ -246,4 +297,6 @@ resource "google_logging_metric" "reconcile" {
   label_extractors = each.value.label == null ? {} : {
     (each.value.label) = "EXTRACT(jsonPayload.event_type)"
   }
+
+  depends_on = [time_sleep.apis_enabled]
 }

@@ -24,7 +24,9 @@ variable "name_prefix" {
   default     = "gemini-webhook-relay"
 
   validation {
-    # 20 characters keep every derived name (service account ids: 30) within its limit.
+    # 20 characters keep every derived name (service account ids: 30) within its limit, and
+    # "<name>-<project number>" within the 63 characters Cloud Run's deterministic URL needs
+    # (checked exactly, with the project number, by a precondition in function.tf).
     condition     = can(regex("^[a-z][a-z0-9-]{1,18}[a-z0-9]$", var.name_prefix))
     error_message = "name_prefix must be 3-20 lowercase letters, digits or hyphens, starting with a letter."
   }
@@ -102,7 +104,7 @@ variable "concurrency" {
 }
 
 variable "jwt_audiences" {
-  description = "GEMINI_JWT_AUDIENCE: accepted `aud` values of JWT-signed (per-request) deliveries, typically the function URL. Empty: such deliveries get 401. Set after the first apply, once function_url is known."
+  description = "GEMINI_JWT_AUDIENCE: accepted `aud` values of JWT-signed (per-request) deliveries, typically the function_url output (known before the first apply). Empty: such deliveries get 401 (opt-in)."
   type        = list(string)
   default     = []
 
@@ -269,8 +271,19 @@ variable "jobs_collection" {
   }
 }
 
+variable "public_url" {
+  description = "The URL Gemini delivers to (RELAY_PUBLIC_URL, and the function_url output): a custom domain, or the URL an existing deployment registered. null: the function's deterministic Cloud Run URL, https://<name_prefix>-<project number>.<region>.run.app."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.public_url == null ? true : can(regex("^https://[^/?#\\s]+(/[^?#\\s]*)?$", var.public_url))
+    error_message = "public_url must be an https URL without query or fragment, or null."
+  }
+}
+
 variable "relay_public_url" {
-  description = "RELAY_PUBLIC_URL: the URL registered with Gemini, by which reconcile finds the relay's webhooks. null: the function's own URL (function_url)."
+  description = "Deprecated name of public_url, still honoured when public_url is null."
   type        = string
   default     = null
 
@@ -306,4 +319,58 @@ variable "reenable_webhooks" {
   description = "RELAY_REENABLE_WEBHOOKS: let reconcile re-enable a webhook Gemini disabled after failed deliveries."
   type        = bool
   default     = false
+}
+
+variable "dynamic_webhooks" {
+  description = "GEMINI_DYNAMIC_WEBHOOKS: accept per-request (dynamic) deliveries signed v1a with an Ed25519 key of Gemini's key set. Off: anyone can name the URL in a job's webhook_config."
+  type        = bool
+  default     = false
+}
+
+variable "public_access" {
+  description = "How the receiver is made public. \"no_invoker_iam_check\": the Cloud Run invoker IAM check is disabled on its service (works under domain-restricted sharing; needs gcloud where Terraform runs). \"all_users\": roles/run.invoker for allUsers (refused under domain-restricted sharing)."
+  type        = string
+  default     = "no_invoker_iam_check"
+
+  validation {
+    condition     = contains(["no_invoker_iam_check", "all_users"], var.public_access)
+    error_message = "public_access must be \"no_invoker_iam_check\" or \"all_users\"."
+  }
+}
+
+variable "scheduler_region" {
+  description = "Region of reconcile's Cloud Scheduler job. null: region. Cloud Scheduler is not offered in every region that has Cloud Run functions."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.scheduler_region == null ? true : can(regex("^[a-z]+-[a-z]+[0-9]+$", var.scheduler_region))
+    error_message = "scheduler_region must be a region such as us-central1, or null."
+  }
+}
+
+variable "exactly_once_delivery" {
+  description = "Pub/Sub exactly-once delivery on the relay's subscriptions (the <topic>-sub ones and filtered_subscriptions). Guaranteed only within one region, at a higher delivery latency."
+  type        = bool
+  default     = true
+}
+
+variable "filtered_subscriptions" {
+  description = "Extra subscriptions, by subscription id, each on one of the relay's topics with a Pub/Sub filter (e.g. attributes.um_team = \"search\"). A filter cannot change in place: changing it replaces the subscription and drops its backlog."
+  type = map(object({
+    topic                = string
+    filter               = string
+    ack_deadline_seconds = optional(number, 60)
+  }))
+  default = {}
+
+  validation {
+    condition = alltrue([
+      for id, subscription in var.filtered_subscriptions :
+      can(regex("^[A-Za-z][A-Za-z0-9._~+%-]{2,254}$", id)) && !startswith(lower(id), "goog") &&
+      trimspace(subscription.filter) != "" && length(subscription.filter) <= 256 &&
+      subscription.ack_deadline_seconds >= 10 && subscription.ack_deadline_seconds <= 600
+    ])
+    error_message = "filtered_subscriptions: ids must be valid subscription ids, filters non-empty (at most 256 characters), ack_deadline_seconds from 10 to 600."
+  }
 }

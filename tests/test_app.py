@@ -26,6 +26,7 @@ def log_lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
         ("GEMINI_JWKS_URL", "http://keys.example.com/jwks.json"),
         ("RELAY_ROUTES", "{not json"),
         ("RELAY_DEDUP_TTL_HOURS", "12"),
+        ("GEMINI_DYNAMIC_WEBHOOKS", "yes"),
     ],
 )
 def test_bad_variable_exits_with_one_line_naming_it(
@@ -87,6 +88,21 @@ def test_jwt_audience_warnings_at_start_up(
     warnings = [line["message"] for line in log_lines(capsys) if line["severity"] == "WARNING"]
     assert len(warnings) == 1
     assert warning in warnings[0]
+
+
+def test_dynamic_webhooks_alone_start_a_relay(capsys: pytest.CaptureFixture[str]) -> None:
+    start({"GOOGLE_CLOUD_PROJECT": "p", "GEMINI_DYNAMIC_WEBHOOKS": "true"})
+    ready = [line for line in log_lines(capsys) if line["message"] == "webhook relay ready"]
+    assert [line["schemes"] for line in ready] == [["keyset-ed25519"]]
+
+
+def test_dynamic_webhooks_without_a_key_set_exit_naming_the_variable(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        start(GOOD | {"GEMINI_DYNAMIC_WEBHOOKS": "true", "GEMINI_JWKS_URL": ""})
+    [line] = log_lines(capsys)
+    assert line["variable"] == "GEMINI_DYNAMIC_WEBHOOKS"
 
 
 def test_config_error_names_its_variable() -> None:

@@ -6,11 +6,9 @@ import base64
 import os
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from tests.support.fakes import FakeClock
 from tests.support.signing import Ed25519Signer, new_secret
 from webhook_relay import config, signing_secrets
 from webhook_relay.config import DEFAULT_JWKS_URL, load_settings
@@ -91,21 +89,18 @@ def test_secrets_file_is_read_again_after_a_change(tmp_path: Path) -> None:
     rotated = new_secret()
     path.write_text(f"{SECRET}\n{rotated}\n")
     touch_later(path)
+    secrets.refresh()  # what the refresher thread does every second
     assert secrets.current() == parse_secrets(f"{SECRET} {rotated}", "V")
 
 
-def test_secrets_file_change_is_seen_within_the_check_interval(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    clock = FakeClock()
-    monkeypatch.setattr(signing_secrets, "time", SimpleNamespace(time=clock))
+def test_secrets_file_change_is_seen_within_the_check_interval(tmp_path: Path) -> None:
     path = tmp_path / "secrets"
     path.write_text(SECRET)
     settings = load_settings({"WEBHOOK_SIGNING_SECRETS_FILE": str(path)})
     rotated = new_secret()
     path.write_text(rotated)
     touch_later(path)
-    clock.advance(signing_secrets.SECRETS_FILE_CHECK_SECONDS)
+    settings.secrets.refresh()  # one check of the refresher thread
     assert signing_secrets.SECRETS_FILE_CHECK_SECONDS <= 10  # the contract's bound
     assert settings.secrets.current() == parse_secrets(rotated, "V")
 
@@ -116,6 +111,7 @@ def test_broken_rewrite_of_secrets_file_keeps_the_old_secrets(tmp_path: Path) ->
     secrets = SigningSecrets((), path, check_every=0)
     path.write_text("whsec_half-written*")
     touch_later(path)
+    secrets.refresh()
     assert secrets.current() == (KEY_BYTES,)
     assert secrets.last_error is not None
     assert "WEBHOOK_SIGNING_SECRETS_FILE" in secrets.last_error
@@ -240,6 +236,44 @@ def test_no_verification_method_fails_at_start_up(env: dict[str, str]) -> None:
 
 def test_jwt_audience_alone_is_a_verification_method() -> None:
     assert load_settings({"GEMINI_JWT_AUDIENCE": "https://relay.example"}).jwt_audiences
+
+
+# --- dynamic (per-request) v1a deliveries --------------------------------------------------
+
+
+def test_dynamic_webhooks_are_off_by_default() -> None:
+    assert load_settings({"WEBHOOK_SIGNING_SECRETS": SECRET}).dynamic_webhooks is False
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("true", True), (" TRUE ", True), ("false", False)]
+)
+def test_dynamic_webhooks_flag_is_read(value: str, expected: bool) -> None:
+    env = {"WEBHOOK_SIGNING_SECRETS": SECRET, "GEMINI_DYNAMIC_WEBHOOKS": value}
+    assert load_settings(env).dynamic_webhooks is expected
+
+
+@pytest.mark.parametrize("value", ["yes", "1", "on", "tru"])
+def test_dynamic_webhooks_flag_is_parsed_strictly(value: str) -> None:
+    error = settings_error({"GEMINI_DYNAMIC_WEBHOOKS": value})
+    assert error.variable == "GEMINI_DYNAMIC_WEBHOOKS"
+    assert "true or false" in str(error)
+
+
+def test_dynamic_webhooks_alone_are_a_verification_method() -> None:
+    settings = load_settings({"GEMINI_DYNAMIC_WEBHOOKS": "true"})
+    assert settings.dynamic_webhooks
+    assert settings.jwks_url == DEFAULT_JWKS_URL
+
+
+def test_dynamic_webhooks_without_a_key_set_fail_at_start_up() -> None:
+    error = settings_error({"GEMINI_DYNAMIC_WEBHOOKS": "true", "GEMINI_JWKS_URL": ""})
+    assert error.variable == "GEMINI_DYNAMIC_WEBHOOKS"
+    assert "GEMINI_JWKS_URL" in str(error)
+
+
+def test_dynamic_webhooks_is_a_variable_infra_may_set() -> None:
+    assert "GEMINI_DYNAMIC_WEBHOOKS" in config.ENVIRONMENT
 
 
 # --- routes --------------------------------------------------------------------------------

@@ -10,14 +10,18 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import flask
 import pytest
+import werkzeug.routing
 from werkzeug.datastructures import Headers
 from werkzeug.test import TestResponse
 
 from tests.support.fakes import PROJECT, Harness, Record, harness, jwks_server, rsa_key
-from tests.support.signing import headers_v1, new_secret
+from tests.support.signing import Ed25519Signer, headers_v1, new_secret
 from webhook_relay.config import MAX_BODY_BYTES_LIMIT
 from webhook_relay.errors import Unavailable
+from webhook_relay.http import handle
+from webhook_relay.verify import DYNAMIC_OFF_HINT
 
 SECRET = new_secret()
 AUDIENCE = "https://relay.example/webhook"
@@ -524,3 +528,201 @@ def test_event_over_pubsub_limit_is_quarantined_not_refused(relay: Harness) -> N
     assert (response.status_code, response.json["status"]) == (200, "quarantined")
     [message] = big.publisher.on("gemini-unrouted")
     assert message.event()["data"]["reason"] == "too_large"
+
+
+# --- headers first, and the body within the request's budget ---------------------------------
+
+
+class Counted(Chunked):
+    """A body that counts how often the relay reads it."""
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__(body)
+        self.reads = 0
+
+    def readinto(self, buffer: Any) -> int:
+        self.reads += 1
+        return super().readinto(buffer)
+
+
+def post_counted(relay: Harness, body: bytes, headers: dict[str, str]) -> tuple[Answer, int]:
+    stream = Counted(body)
+    response = post(
+        relay,
+        b"",
+        headers | {"Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input": stream, "wsgi.input_terminated": True},
+    )
+    return response, stream.reads
+
+
+def signed(**change: str | None) -> dict[str, str]:
+    headers: dict[str, str | None] = {**headers_v1(SECRET, BODY), **change}
+    return {name: value for name, value in headers.items() if value is not None}
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        pytest.param(lambda: signed(**{"webhook-id": None}), 400, id="missing-id"),
+        pytest.param(lambda: signed(**{"webhook-timestamp": "12.5"}), 400, id="bad-timestamp"),
+        pytest.param(lambda: signed(**{"webhook-signature": "junk"}), 400, id="no-entry"),
+        pytest.param(
+            lambda: signed(**{"webhook-timestamp": str(int(time.time()) - 400)}),
+            401,
+            id="stale-timestamp",
+        ),
+        pytest.param(
+            lambda: jwt_headers(KEY.token({"aud": "https://someone-else.example"})),
+            401,
+            id="jwt-wrong-audience",
+        ),
+        pytest.param(
+            lambda: jwt_headers(KEY.token({"aud": AUDIENCE, "exp": int(time.time()) - 400})),
+            401,
+            id="jwt-expired",
+        ),
+    ],
+)
+def test_what_the_headers_decide_is_refused_before_the_body_is_read(
+    relay: Harness, headers: Any, code: int
+) -> None:
+    response, reads = post_counted(relay, BODY, headers())
+    assert response.status_code == code
+    assert reads == 0
+
+
+def test_signature_over_the_body_reads_it(relay: Harness) -> None:
+    response, reads = post_counted(relay, BODY, headers_v1(SECRET, BODY))
+    assert response.json["status"] == "accepted"
+    assert reads > 0
+
+
+def test_jwt_proven_by_its_headers_is_still_delivered_with_its_body(relay: Harness) -> None:
+    response, _ = post_counted(relay, BODY, jwt_headers(KEY.token({"aud": AUDIENCE})))
+    assert (response.json["status"], response.json.get("detail")) == ("accepted", None)
+    assert relay.publisher.messages[0].event()["data"]["gemini"] == ENVELOPE
+
+
+class Trickle(io.RawIOBase):
+    """A client sending a 200-byte body a byte at a time, slower than the request's budget."""
+
+    def __init__(self, pause: float) -> None:
+        self.pause = pause
+        self.sent = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.sent == 200:
+            return 0
+        time.sleep(self.pause)
+        buffer[:1] = b" "
+        self.sent += 1
+        return 1
+
+
+def test_body_trickled_past_the_budget_is_400_without_a_socket_to_watch(
+    relay: Harness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The Flask test client has no socket: the budget is checked between reads.
+    app = flask.Flask("short_budget")
+    app.url_map.add(werkzeug.routing.Rule("/", endpoint="receive"))
+    app.view_functions["receive"] = lambda: handle(flask.request, relay.pipeline, 0.2)
+    stream = Trickle(0.02)
+    headers = headers_v1(SECRET, BODY)
+    response = app.test_client().post(
+        "/",
+        headers=headers | {"Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input": stream, "wsgi.input_terminated": True},
+    )
+    assert (response.status_code, response.json) == (
+        400,
+        {
+            "status": "bad_request",
+            "webhook_id": headers["webhook-id"],
+            "detail": "body not received in time",
+        },
+    )
+    assert stream.sent < 200  # given up on, not read to the end
+    [entry] = log_lines(capsys)
+    assert entry["severity"] == "WARNING"
+
+
+# --- dynamic (per-request) v1a deliveries -------------------------------------------------
+
+
+GOOGLE = Ed25519Signer()
+
+
+def v1a_headers(signer: Ed25519Signer, body: bytes) -> dict[str, str]:
+    now = int(time.time())
+    return {
+        "webhook-id": "msg_dynamic",
+        "webhook-timestamp": str(now),
+        "webhook-signature": signer.sign("msg_dynamic", now, body),
+    }
+
+
+def test_dynamic_v1a_delivery_is_published_as_keyset_ed25519(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    env = relay_env(GEMINI_DYNAMIC_WEBHOOKS="true")
+    jwks_server(KEY, GOOGLE)
+    relay = harness(env)
+    assert post(relay, BODY, v1a_headers(GOOGLE, BODY)).json["status"] == "accepted"
+    [message] = relay.publisher.messages
+    assert message.attributes["signature"] == message.event()["signature"] == "keyset-ed25519"
+    [entry] = log_lines(capsys)
+    assert entry["signature"] == "keyset-ed25519"
+
+
+def test_v1a_refused_while_dynamic_is_off_says_so_in_the_log_not_the_answer(
+    relay: Harness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    response = post(relay, BODY, v1a_headers(GOOGLE, BODY))
+    assert response.status_code == 401
+    assert response.json["detail"] == "no signature matches"
+    assert "GEMINI_DYNAMIC_WEBHOOKS" not in response.text
+    [entry] = log_lines(capsys)
+    assert entry["hint"] == DYNAMIC_OFF_HINT
+    assert entry["message"] == f"unauthorized ({DYNAMIC_OFF_HINT})"
+    assert entry["signature"] == "ed25519"  # a refused v1a keeps the scheme it claims
+
+
+def test_refused_dynamic_v1a_is_labelled_by_the_scheme_it_claims(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    env = relay_env(GEMINI_DYNAMIC_WEBHOOKS="true")
+    jwks_server(KEY, GOOGLE)
+    relay = harness(env)
+    assert post(relay, BODY, v1a_headers(Ed25519Signer(), BODY)).status_code == 401
+    [entry] = log_lines(capsys)
+    assert entry["signature"] == "ed25519"
+    assert "hint" not in entry
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        (
+            {"traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01"},
+            f"00-{TRACE_ID}-00f067aa0ba902b7-01",
+        ),
+        # Cloud Run's own header: the span id in decimal, `o=1` sampled.
+        ({"X-Cloud-Trace-Context": f"{TRACE_ID}/1;o=1"}, f"00-{TRACE_ID}-0000000000000001-01"),
+    ],
+)
+def test_the_delivery_trace_context_travels_on_the_message(
+    relay: Harness, headers: dict[str, str], expected: str
+) -> None:
+    answer = post(relay, BODY, headers_v1(SECRET, BODY) | headers)
+
+    assert answer.json["status"] == "accepted"
+    assert relay.publisher.messages[-1].attributes["traceparent"] == expected
+
+
+def test_a_delivery_without_trace_context_carries_no_traceparent(relay: Harness) -> None:
+    post(relay, BODY, headers_v1(SECRET, BODY) | {"traceparent": "not-a-trace"})
+    assert "traceparent" not in relay.publisher.messages[-1].attributes

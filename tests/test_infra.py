@@ -417,14 +417,43 @@ def _project_roles() -> dict[str, set[str]]:
 
 
 def test_project_wide_roles_are_only_what_each_account_needs() -> None:
-    # Pub/Sub and Secret Manager access is granted per topic and per secret instead.
-    assert _project_roles() == {
-        "${local.runtime_member}": {"roles/datastore.user"},
-        "${local.reconcile_member}": {"roles/datastore.user"},
-        "${local.build_member}": {"roles/logging.logWriter", "roles/artifactregistry.writer"},
-    }
+    # Pub/Sub and Secret Manager access is granted per topic and per secret, Firestore per
+    # database, image pushes per repository.
+    assert _project_roles() == {"${local.build_member}": {"roles/logging.logWriter"}}
     for kind in ("google_project_iam_binding", "google_project_iam_policy"):
         assert kind not in terraform().resources, f"{kind} would take over the project's IAM"
+
+
+@pytest.mark.parametrize("grant", ["relay_datastore", "reconcile_datastore"])
+def test_firestore_access_is_conditioned_to_the_relay_database(grant: str) -> None:
+    tf = terraform()
+    body = tf.resource("google_project_iam_member", grant)
+    assert body.get("role") == "roles/datastore.user"
+    assert _block(body, "condition").get("expression") == "${local.database_condition}"
+    condition = str(tf.locals.get("database_condition")).replace("\\", "")
+    assert condition == (
+        'resource.name == "projects/${var.project_id}/databases/${var.firestore_database}"'
+    )
+
+
+def test_build_pushes_only_to_a_repository_terraform_manages_and_cleans() -> None:
+    tf = terraform()
+    for name in ("relay", "reconcile"):
+        build = _block(_function(name), "build_config")
+        assert build.get("docker_repository") == (
+            "${google_artifact_registry_repository.functions.id}"
+        )
+    writer = tf.resource("google_artifact_registry_repository_iam_member", "build_writer")
+    assert writer.get("role") == "roles/artifactregistry.writer"
+    assert writer.get("member") == "${local.build_member}"
+    assert writer.get("repository") == "${google_artifact_registry_repository.functions.name}"
+    repository = tf.resource("google_artifact_registry_repository", "functions")
+    assert repository.get("format") == "DOCKER"
+    assert repository.get("cleanup_policy_dry_run") is False
+    policies = {str(p.get("action")): p for p in _blocks(repository, "cleanup_policies")}
+    assert set(policies) == {"KEEP", "DELETE"}
+    assert _block(policies["KEEP"], "most_recent_versions").get("keep_count") >= 2  # type: ignore[operator]
+    assert _block(policies["DELETE"], "condition").get("older_than")
 
 
 # --- a first apply in a fresh project -------------------------------------------------------
@@ -618,7 +647,26 @@ def test_readme_deploy_steps_work_in_a_fresh_project() -> None:
     commands = [line for line in deploy.splitlines() if re.search(r"\bgcloud\s+\w", line)]
     assert commands, "no gcloud command in the deploy section"
     for line in commands:
+        if re.search(r"\bgcloud auth \w", line):
+            continue  # credentials, not a project's resources
         assert "--project" in line, f"gcloud command without --project: {line.strip()}"
+    # The Google provider reads Application Default Credentials, not gcloud's login.
+    assert "gcloud auth application-default login" in deploy
+    assert 'gcloud auth application-default set-quota-project "$PROJECT"' in deploy
+    # An unset key would be stored as an empty version.
+    assert ': "${GEMINI_API_KEY:?' in deploy
+    assert deploy.index(': "${GEMINI_API_KEY:?') < deploy.index("printf '%s' \"$GEMINI_API_KEY\"")
+    # The placeholder signing secret expires by itself.
+    assert "printf 'whsec_%s;expires=%s\\n'" in deploy
+    assert "../.venv/bin/webhook-relay register" in deploy
+    assert "about 13 minutes" in deploy
+    # Without an organisation policy administrator: the invoker IAM check, not allUsers.
+    assert "--no-invoker-iam-check" in deploy
+    assert "terraform state rm google_secret_manager_secret.signing_secrets" in deploy
+    assert "google_secret_manager_secret.gemini_api_key" in deploy
+    assert "create_firestore_database = false" in deploy
+    assert "backlog is\nlost" in deploy or "backlog is lost" in deploy
+    assert 'attributes.um_team = \\"search\\"' in deploy
 
 
 # --- the dashboard --------------------------------------------------------------------------
@@ -894,10 +942,18 @@ def test_reconcile_environment_matches_the_code_defaults() -> None:
         "RELAY_ROUTES",
     ):
         assert name in environment, f"reconcile is not given {name}"
-    # The URL Gemini delivers to is the receiver's unless the operator names another.
-    assert "google_cloudfunctions2_function.relay.service_config[0].uri" in str(
-        environment["RELAY_PUBLIC_URL"]
+    # The URL Gemini delivers to is the receiver's unless the operator names another: its
+    # deterministic Cloud Run URL, known while planning (tfschema checks nothing in an
+    # environment is known only after apply).
+    assert environment["RELAY_PUBLIC_URL"] == "${local.public_url}"
+    assert _expression(tf.locals.get("public_url")) == (
+        "coalesce(var.public_url, var.relay_public_url, local.run_url)"
     )
+    assert tf.locals.get("run_url") == (
+        "https://${var.name_prefix}-${data.google_project.this.number}.${var.region}.run.app"
+    )
+    assert tf.outputs["function_url"].get("value") == "${local.public_url}"
+    assert _function("relay").get("name") == "${var.name_prefix}"
     settings = reconcile_app.load_reconcile_settings({"GOOGLE_CLOUD_PROJECT": "p"})
     assert tf.default("jobs_collection") == settings.store.collection
     assert tf.default("reconcile_grace_seconds") == settings.policy.grace.total_seconds()
@@ -923,10 +979,186 @@ def test_reconcile_metrics_count_the_lines_reconcile_logs() -> None:
     assert 'jsonPayload.message=\\"reconcile run\\"' in str(
         _mapping(metrics["reconcile_runs"], "")["filter"]
     )
-    alerts = str(tf.resources["google_monitoring_alert_policy"])
+    alerts = str(tf.locals["alert_policies"])
     for name in metrics:
         assert f'local.user_metric_filter["{name}"]' in alerts, f"no alert on {name}"
-    failing = tf.resource("google_monitoring_alert_policy", "reconcile_failing")
-    (absent,) = [c for c in _blocks(failing, "conditions") if "condition_absent" in c]
-    assert _block(absent, "condition_absent").get("duration") == "1800s"
+    failing = _mapping(_alert_policies()["reconcile_failing"], "reconcile_failing")
+    conditions = [_mapping(c, "condition") for c in _list(failing["conditions"])]
+    (absent,) = [c for c in conditions if c["absent"] is True]
+    assert absent.get("duration") == "1800s"
     assert "5xx" in str(failing)
+
+
+def _alert_policies() -> Body:
+    return _mapping(terraform().locals.get("alert_policies"), "local.alert_policies")
+
+
+def test_reconcile_alert_sees_scheduler_calls_that_never_reach_it() -> None:
+    failing = _mapping(_alert_policies()["reconcile_failing"], "reconcile_failing")
+    conditions = [_mapping(c, "condition") for c in _list(failing["conditions"])]
+    scheduler = [c for c in conditions if "cloud_scheduler_job" in str(c["filter"])]
+    assert len(scheduler) == 1, "no condition on Cloud Scheduler's failed attempts"
+    text = str(scheduler[0]["filter"])
+    assert "logging.googleapis.com/log_entry_count" in text
+    assert "google_cloud_scheduler_job.reconcile.name" in text
+    assert 'metric.labels.severity=\\"ERROR\\"' in text
+    assert scheduler[0]["absent"] is False
+
+
+def test_alert_policies_are_one_resource_and_existing_ones_move_into_it() -> None:
+    tf = terraform()
+    assert list(tf.resources["google_monitoring_alert_policy"]) == ["relay"]
+    policy = tf.resource("google_monitoring_alert_policy", "relay")
+    assert policy.get("for_each") == "${local.alert_policies}"
+    with (INFRA / "alerts.tf").open(encoding="utf-8") as handle:
+        parsed = _mapping(_plain(hcl2.load(handle)), "alerts.tf")
+    moved = [_mapping(m, "moved") for m in _list(parsed.get("moved"))]
+    pairs = {str(m["from"]): str(m["to"]) for m in moved}
+    assert pairs == {
+        f"${{google_monitoring_alert_policy.{key}}}": (
+            f'${{google_monitoring_alert_policy.relay["{key}"]}}'
+        )
+        for key in _alert_policies()
+    }
+
+
+def test_alerts_wait_for_their_metrics_to_propagate() -> None:
+    tf = terraform()
+    wait = tf.resource("time_sleep", "metrics_propagate")
+    # Log-based metrics can take up to 10 minutes to be usable by an alert policy.
+    assert str(wait.get("create_duration")) == "600s"
+    assert "time_sleep.metrics_propagate.triggers" in str(tf.locals.get("user_metric_filter"))
+    # The metrics, and so the wait, do not wait for the functions' builds.
+    for name in tf.resources["google_logging_metric"]:
+        waits_for = _dependencies(f"google_logging_metric.{name}")
+        assert not any(d.startswith("google_cloudfunctions2_function") for d in waits_for), name
+
+
+# --- a first apply, and what outlives it ---------------------------------------------------
+
+
+def test_receiver_is_public_without_an_allusers_binding_by_default() -> None:
+    tf = terraform()
+    assert tf.default("public_access") == "no_invoker_iam_check"
+    disabled = tf.resource("terraform_data", "invoker_iam_check_disabled")
+    assert 'var.public_access == "no_invoker_iam_check"' in str(disabled.get("count"))
+    (provisioner,) = _list(disabled.get("provisioner"))
+    command = str(_mapping(_mapping(provisioner, "provisioner")["local-exec"], "").get("command"))
+    assert command.startswith(
+        "gcloud run services update ${google_cloudfunctions2_function.relay.name}"
+    )
+    for flag in ("--no-invoker-iam-check", "--region ${var.region}", "--project ${var.project_id}"):
+        assert flag in command
+    # Run again after every deploy of the function, which owns its Cloud Run service.
+    assert "${google_cloudfunctions2_function.relay.update_time}" in _list(
+        disabled.get("triggers_replace")
+    )
+    binding = tf.resource("google_cloud_run_service_iam_member", "public_invoker")
+    assert 'var.public_access == "all_users"' in str(binding.get("count"))
+    assert binding.get("member") == "allUsers"
+
+
+@pytest.mark.parametrize("wait", ["iam_propagated", "reconcile_iam_propagated"])
+def test_grants_get_the_documented_propagation_time(wait: str) -> None:
+    tf = terraform()
+    assert tf.resource("time_sleep", wait).get("create_duration") == (
+        "${local.iam_propagation_seconds}s"
+    )
+    # Google documents about 2 minutes, sometimes 7 or more.
+    seconds = tf.locals.get("iam_propagation_seconds")
+    assert isinstance(seconds, int)
+    assert seconds >= 120
+
+
+def test_scheduler_region_can_differ_from_the_functions() -> None:
+    tf = terraform()
+    job = tf.resource("google_cloud_scheduler_job", "reconcile")
+    assert job.get("region") == "${local.scheduler_region}"
+    assert _expression(tf.locals.get("scheduler_region")) == (
+        "coalesce(var.scheduler_region, var.region)"
+    )
+
+
+@pytest.mark.parametrize("secret", ["signing_secrets", "gemini_api_key"])
+def test_secrets_survive_a_destroy(secret: str) -> None:
+    body = terraform().resource("google_secret_manager_secret", secret)
+    assert _block(body, "lifecycle").get("prevent_destroy") is True
+
+
+def test_pubsub_service_agent_is_created_before_it_is_granted() -> None:
+    tf = terraform()
+    identity = tf.resource("google_project_service_identity", "pubsub")
+    assert identity.get("provider") == "google-beta"
+    assert identity.get("service") == "pubsub.googleapis.com"
+    assert _expression(tf.locals.get("pubsub_service_agent")) == (
+        "google_project_service_identity.pubsub.member"
+    )
+    for kind, name in (
+        ("google_pubsub_topic_iam_member", "dead_letter_publisher"),
+        ("google_pubsub_subscription_iam_member", "dead_letter_source_subscriber"),
+    ):
+        assert tf.resource(kind, name).get("member") == "${local.pubsub_service_agent}"
+    subscriber = tf.resource(
+        "google_pubsub_subscription_iam_member", "dead_letter_source_subscriber"
+    )
+    assert "google_pubsub_subscription.filtered" in str(subscriber.get("for_each"))
+
+
+def test_dynamic_webhooks_reach_the_receiver() -> None:
+    tf = terraform()
+    environment = _mapping(tf.locals.get("function_environment"), "function_environment")
+    assert environment.get("GEMINI_DYNAMIC_WEBHOOKS") == "${tostring(var.dynamic_webhooks)}"
+    assert tf.default("dynamic_webhooks") is False
+    assert "keyset-ed25519" in str(tf.resource("google_logging_metric", "responses"))
+
+
+def test_watched_jobs_query_has_its_composite_index() -> None:
+    tf = terraform()
+    index = tf.resource("google_firestore_index", "jobs_by_checked_at")
+    assert index.get("collection") == "${var.jobs_collection}"
+    assert index.get("query_scope") == "COLLECTION"
+    fields = [(f.get("field_path"), f.get("order")) for f in _blocks(index, "fields")]
+    assert fields == [("state", "ASCENDING"), ("checked_at", "ASCENDING")]
+    # The query it serves (webhook_relay.jobs): equality/in on state, ordered by checked_at.
+    source = (ROOT / "functions" / "webhook_relay" / "jobs.py").read_text("utf-8")
+    assert 'FieldFilter("state", "in"' in source
+    assert ".order_by(CHECKED_FIELD)" in source
+    assert jobs.CHECKED_FIELD == "checked_at"
+
+
+def test_subscriptions_get_exactly_once_delivery_and_filtered_ones_stand_beside() -> None:
+    tf = terraform()
+    assert tf.default("exactly_once_delivery") is True
+    assert tf.default("filtered_subscriptions") == {}
+    for name in ("relay", "filtered"):
+        body = tf.resource("google_pubsub_subscription", name)
+        assert body.get("enable_exactly_once_delivery") == "${var.exactly_once_delivery}"
+        assert _block(body, "dead_letter_policy").get("max_delivery_attempts") == (
+            "${var.max_delivery_attempts}"
+        )
+    filtered = tf.resource("google_pubsub_subscription", "filtered")
+    assert filtered.get("for_each") == "${var.filtered_subscriptions}"
+    assert filtered.get("name") == "${each.key}"
+    assert filtered.get("filter") == "${each.value.filter}"
+    # The <topic>-sub subscriptions never get a filter: changing one replaces it.
+    assert "filter" not in tf.resource("google_pubsub_subscription", "relay")
+
+
+def test_plan_warns_about_regions_cloud_build_may_refuse() -> None:
+    with (INFRA / "function.tf").open(encoding="utf-8") as handle:
+        parsed = _mapping(_plain(hcl2.load(handle)), "function.tf")
+    (check,) = [_mapping(c, "check") for c in _list(parsed.get("check"))]
+    assert_block = _block(_mapping(check["build_region"], "build_region"), "assert")
+    assert "contains(local.build_regions_for_new_projects, var.region)" in str(
+        assert_block.get("condition")
+    )
+    assert set(_list(terraform().locals.get("build_regions_for_new_projects"))) == {
+        "us-central1",
+        "us-west2",
+        "europe-west1",
+        "asia-east1",
+        "australia-southeast1",
+        "southamerica-east1",
+    }
+    example = (INFRA / "terraform.tfvars.example").read_text(encoding="utf-8")
+    assert 'region     = "europe-west1"' in example

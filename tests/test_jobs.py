@@ -10,17 +10,21 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import flask
 import pytest
 
 from tests.support.fake_gemini import FakeGemini
 from tests.support.fake_gemini_jobs import FakeJobs
 from tests.support.signing import new_secret
+from webhook_relay import reconcile
 from webhook_relay.cli import main
+from webhook_relay.config import MIN_CLAIM_LEASE_SECONDS
+from webhook_relay.deadline import Deadline
 from webhook_relay.errors import ConfigError
 from webhook_relay.jobs import JobKey, job_id_of, key_for_event, key_for_name, kind_of_name
 from webhook_relay.normalize import normalize
-from webhook_relay.reconcile import JobView, synthesize
-from webhook_relay.reconcile_app import load_reconcile_settings
+from webhook_relay.reconcile import ApiFailure, JobView, synthesize
+from webhook_relay.reconcile_app import build, handle, load_reconcile_settings
 from webhook_relay.reconcile_gemini import SdkGeminiJobs, client_for_reconcile
 from webhook_relay.subscriber import parse_event
 
@@ -68,6 +72,14 @@ def _event(event_type: str, data: object) -> bytes:
         (_event("interaction.failed", {"id": "interactions/i1"}), JobKey("interaction", "i1")),
         (_event("video.generated", {"id": "videos/v1"}), JobKey("video", "v1")),
         (_event("interaction.requires_action", {"id": "i1"}), None),  # not terminal
+        (_event("interaction.cancelled", {"id": "i1"}), JobKey("interaction", "i1")),
+        (_event("batch.cancelled", {"id": "b1"}), JobKey("batch", "b1")),
+        # A type the catalog does not list never settles a job, even in a known family:
+        # were `batch.running` to, the real `batch.succeeded` after it would be lost.
+        (_event("batch.running", {"id": "b1"}), None),
+        (_event("batch.completed", {"id": "b1"}), None),
+        (_event("video.failed", {"id": "v1"}), None),  # reconcile's own type, never delivered
+        (_event("interaction.incomplete", {"id": "i1"}), None),
         (_event("model.tuned", {"id": "t1"}), None),  # unknown kind
         (_event("relay.quarantined", {"id": "x"}), None),  # reserved
         (_event("webhook.ping", {}), None),
@@ -154,10 +166,9 @@ def test_the_sdk_reads_the_fakes_jobs_back(fake: FakeGemini) -> None:
     assert batches["batches/b0"].output_uri == "files/out"
     assert not batches["batches/running"].terminal
     interaction = gemini.get("interaction", "i1")
-    assert (interaction.name, interaction.event_type) == (
-        "interactions/i1",
-        "interaction.budget_exceeded",
-    )
+    # The bare id, as a delivery's `data.id` carries it: one job whichever path publishes.
+    assert (interaction.name, interaction.event_type) == ("i1", "interaction.budget_exceeded")
+    assert gemini.get("interaction", "interactions/i1").name == "i1"
     assert interaction.ended_at == ended
     assert interaction.user_metadata == {"k": "v"}
     assert not gemini.get("interaction", "interactions/i2").terminal
@@ -241,11 +252,23 @@ def test_reconcile_starts_without_the_receivers_configuration() -> None:
     assert "reconcile ready" in done.stdout
 
 
-def test_reconcile_exits_at_start_with_one_line_naming_its_variable() -> None:
-    done = _import_main({"FUNCTION_TARGET": "reconcile", "GOOGLE_CLOUD_PROJECT": "p"})
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("RELAY_REENABLE_WEBHOOKS", "yes"),
+        ("GEMINI_API_BASE_URL", "http://example.com"),
+        ("GEMINI_API_KEY_FILE", "/nonexistent/key"),  # set, and unreadable: a deploy mistake
+        ("RELAY_RECONCILE_LOOKBACK_HOURS", "73"),  # longer than the default TTL (72)
+    ],
+)
+def test_reconcile_exits_at_start_with_one_line_naming_its_variable(
+    variable: str, value: str
+) -> None:
+    env = {"FUNCTION_TARGET": "reconcile", "GOOGLE_CLOUD_PROJECT": "p", variable: value}
+    done = _import_main(env)
     assert done.returncode != 0
     [line] = [json.loads(text) for text in done.stdout.splitlines() if text.startswith("{")]
-    assert line["variable"] == "GEMINI_API_KEY"
+    assert line["variable"] == variable
     assert line["severity"] == "CRITICAL"
 
 
@@ -267,3 +290,80 @@ def test_cli_reconcile_names_a_bad_variable_in_one_line(
 
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line == "Error: bad configuration: GEMINI_API_KEY: not set (nor GEMINI_API_KEY_FILE)"
+
+
+# --- reconcile's bounds -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "refused"),
+    [
+        ({"RELAY_DEDUP_TTL_HOURS": "25"}, True),  # the default look-back, 72 h, outlives it
+        ({"RELAY_DEDUP_TTL_HOURS": "48", "RELAY_RECONCILE_LOOKBACK_HOURS": "49"}, True),
+        ({"RELAY_DEDUP_TTL_HOURS": "48", "RELAY_RECONCILE_LOOKBACK_HOURS": "48"}, False),
+        ({}, False),  # 72 and 72
+    ],
+)
+def test_a_lookback_longer_than_the_record_ttl_is_refused(
+    env: dict[str, str], refused: bool
+) -> None:
+    if not refused:
+        load_reconcile_settings(GOOD | env)
+        return
+    with pytest.raises(ConfigError) as error:
+        load_reconcile_settings(GOOD | env)
+    assert error.value.variable == "RELAY_RECONCILE_LOOKBACK_HOURS"
+    assert "RELAY_DEDUP_TTL_HOURS" in str(error.value)
+
+
+def test_a_claim_of_reconcile_fits_the_lease_floor() -> None:
+    # The lease floor is sized for the webhook path; a run's claim, publish and record write
+    # must fit in it with a margin, or a delivery could take the claim over mid-publish.
+    held = reconcile.CLAIM_SECONDS + reconcile.PUBLISH_SECONDS + reconcile.RECORD_SECONDS
+    assert held + reconcile.LEASE_MARGIN_SECONDS <= MIN_CLAIM_LEASE_SECONDS
+
+
+@pytest.mark.parametrize(
+    "key_env",
+    [
+        {},  # neither set
+        {"GEMINI_API_KEY": ""},
+        {"GEMINI_API_KEY_FILE": "EMPTY"},  # the secret's volume, holding an empty version
+    ],
+)
+def test_reconcile_starts_without_a_key(key_env: dict[str, str], tmp_path: Path) -> None:
+    empty = tmp_path / "key"
+    empty.write_text("\n")
+    env = {name: str(empty) if value == "EMPTY" else value for name, value in key_env.items()}
+    done = _import_main({"FUNCTION_TARGET": "reconcile", "GOOGLE_CLOUD_PROJECT": "p"} | env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "reconcile ready" in done.stdout
+
+
+def test_a_run_without_a_key_is_503_with_one_error_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    service = build({"GOOGLE_CLOUD_PROJECT": "p", "FIRESTORE_EMULATOR_HOST": "127.0.0.1:1"})
+    capsys.readouterr()
+    with flask.Flask(__name__).test_request_context("/", method="POST"):
+        response = handle(flask.request, service)
+
+    assert response.status_code == 503
+    assert response.get_json()["status"] == "unavailable"
+    [line] = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+    assert (line["severity"], line["variable"]) == ("ERROR", "GEMINI_API_KEY")
+
+
+def test_the_webhook_list_ends_within_its_page_cap_and_budget(fake: FakeGemini) -> None:
+    for n in range(10):
+        fake.add_webhook(f"https://relay{n}.example.com/")
+    client = client_for_reconcile({"GEMINI_API_KEY": "k", "GEMINI_API_BASE_URL": fake.url})
+
+    assert len(SdkGeminiJobs(client, page_size=2).webhooks(Deadline(60))) == 10
+    with pytest.raises(ApiFailure, match="did not end within 3 pages"):
+        SdkGeminiJobs(client, page_size=2, max_webhook_pages=3).webhooks(Deadline(60))
+    # Less left than one call may take: no call at all.
+    with pytest.raises(ApiFailure, match="time budget"):
+        SdkGeminiJobs(client, page_size=2).webhooks(Deadline(5))
+
+    assert len(fake.calls_to("GET", r"/v1/webhooks")) == 5 + 3

@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 
 from tests.support.fakes import FakeClock, jwks_server, rsa_key
-from tests.support.signing import RsaKey
+from tests.support.signing import Ed25519Signer, RsaKey
 from webhook_relay.errors import Unauthorized, Unavailable
 from webhook_relay.jwks import (
     FETCH_TIMEOUT_SECONDS,
+    MAX_ED25519_KEYS,
     REFRESH_INTERVAL_SECONDS,
     KeySet,
     fetch_url,
@@ -59,7 +60,7 @@ def key_set(fetch: Fetcher, clock: FakeClock) -> KeySet:
 
 
 def test_parse_keeps_rsa_signing_keys_by_kid() -> None:
-    assert set(parse_key_set(document(A.jwk(), B.jwk()))) == {A.kid, B.kid}
+    assert set(parse_key_set(document(A.jwk(), B.jwk())).rsa) == {A.kid, B.kid}
 
 
 @pytest.mark.parametrize(
@@ -73,13 +74,50 @@ def test_parse_keeps_rsa_signing_keys_by_kid() -> None:
     ],
 )
 def test_parse_skips_unusable_key_without_failing(change: dict[str, Any]) -> None:
-    assert set(parse_key_set(document(A.jwk() | change, B.jwk()))) == {B.kid}
+    assert set(parse_key_set(document(A.jwk() | change, B.jwk())).rsa) == {B.kid}
 
 
 def test_parse_skips_key_without_kid() -> None:
     entry = A.jwk()
     del entry["kid"]
-    assert parse_key_set(document(entry)) == {}
+    assert parse_key_set(document(entry)).rsa == {}
+
+
+def raw_ed25519(keys: tuple[Any, ...]) -> list[bytes]:
+    return [key.public_bytes_raw() for key in keys]
+
+
+def test_parse_keeps_rsa_and_ed25519_keys_apart() -> None:
+    okp = Ed25519Signer()
+    keys = parse_key_set(document(A.jwk(), okp.jwk()))
+    assert set(keys.rsa) == {A.kid}  # the OKP key's kid names no JWT key
+    assert raw_ed25519(keys.ed25519) == [okp.private.public_key().public_bytes_raw()]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param({"crv": "X25519"}, id="key-agreement-curve"),
+        pytest.param({"alg": "RS256"}, id="rsa-algorithm"),
+        pytest.param({"use": "enc"}, id="encryption-key"),
+        pytest.param({"x": "AAAA"}, id="wrong-length"),
+        pytest.param({"x": 7}, id="x-not-a-string"),
+    ],
+)
+def test_parse_skips_unusable_ed25519_key(change: dict[str, Any]) -> None:
+    good = Ed25519Signer()
+    keys = parse_key_set(document(Ed25519Signer().jwk() | change, good.jwk()))
+    assert raw_ed25519(keys.ed25519) == [good.private.public_key().public_bytes_raw()]
+
+
+def test_rsa_key_labelled_eddsa_is_no_jwt_key() -> None:
+    assert parse_key_set(document(A.jwk() | {"alg": "EdDSA"})).rsa == {}
+
+
+def test_parse_keeps_at_most_8_ed25519_keys() -> None:
+    signers = [Ed25519Signer() for _ in range(MAX_ED25519_KEYS + 2)]
+    keys = parse_key_set(document(*(signer.jwk() for signer in signers)))
+    assert len(keys.ed25519) == MAX_ED25519_KEYS == 8
 
 
 @pytest.mark.parametrize("raw", [b"not json", b"[]", b'{"keys": {}}', b"\xff"])
@@ -224,7 +262,7 @@ def test_unavailable_detail_names_no_url() -> None:
 
 def test_fetch_url_reads_the_set() -> None:
     server = jwks_server(A)
-    assert set(parse_key_set(fetch_url(server.url, 3.0))) == {A.kid}
+    assert set(parse_key_set(fetch_url(server.url, 3.0)).rsa) == {A.kid}
 
 
 def test_fetch_url_refuses_a_set_over_512_kib() -> None:

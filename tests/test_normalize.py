@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.support.fakes import check_publishable
 from webhook_relay.normalize import QUARANTINED, SOURCE, Event, normalize
+from webhook_relay.reconcile import JobView, synthesize
 
 WEBHOOK_ID = "msg_2Lh5"
 TIMESTAMP = 1_777_888_999  # 2026-05-04T10:03:19Z
@@ -422,3 +427,205 @@ def test_quarantined_body_over_pubsub_limit_is_cut_to_fit() -> None:
     assert body.startswith(kept)
     assert len(kept) > 7_000_000
     check_publishable(event.data(), event.attributes())
+
+
+# --- user_metadata attributes (contract: Published message, metadata attributes) ----------
+
+
+def metadata_attributes(metadata: Any, where: str = "data") -> dict[str, str]:
+    body = (
+        envelope("batch.succeeded", {"id": "b1", "user_metadata": metadata})
+        if where == "data"
+        else envelope("batch.succeeded", {"id": "b1"}, user_metadata=metadata)
+    )
+    event = event_for(body)
+    check_publishable(event.data(), event.attributes())
+    return {k: v for k, v in event.attributes().items() if k.startswith("um_")}
+
+
+@pytest.mark.parametrize("where", ["data", "top"])
+def test_scalar_metadata_is_mirrored_as_json_text(where: str) -> None:
+    metadata = {"team": "search", "n": 3, "ok": True, "off": False, "ratio": 2.5, "big": 1e100}
+    assert metadata_attributes(metadata, where) == {
+        "um_team": "search",
+        "um_n": "3",
+        "um_ok": "true",
+        "um_off": "false",
+        "um_ratio": "2.5",
+        "um_big": "1e+100",
+    }
+
+
+def test_metadata_number_keeps_its_json_type() -> None:
+    body = b'{"type":"batch.succeeded","data":{"id":"b1","user_metadata":{"i":3,"f":3.0,"n":-0}}}'
+    attributes = normalize(WEBHOOK_ID, TIMESTAMP, body, "hmac").attributes()
+    assert (attributes["um_i"], attributes["um_f"], attributes["um_n"]) == ("3", "3.0", "0")
+
+
+def test_metadata_string_limit_is_256_bytes_not_characters() -> None:
+    metadata = {"at": "a" * 256, "over": "a" * 257, "wide": "é" * 128, "wider": "é" * 129}
+    attributes = metadata_attributes(metadata)
+    assert attributes["um_at"] == "a" * 256
+    assert attributes["um_wide"] == "é" * 128  # 256 bytes
+    assert attributes["um_skipped"] == "over,wider"
+    assert "um_over" not in attributes
+    assert "um_wider" not in attributes
+
+
+def test_empty_string_is_mirrored() -> None:
+    assert metadata_attributes({"tag": ""}) == {"um_tag": ""}
+
+
+def test_nested_null_and_long_numbers_are_skipped() -> None:
+    huge = int("9" * 300)  # Python reads it from JSON; its text is longer than 256 bytes
+    metadata = {"obj": {"a": 1}, "arr": [1], "none": None, "huge": huge, "team": "ads"}
+    assert metadata_attributes(metadata) == {
+        "um_team": "ads",
+        "um_skipped": "obj,arr,none,huge",
+    }
+
+
+@pytest.mark.parametrize(
+    "key", ["", "a-b", "a.b", "a b", "é", "k" * 65, "a\nb", "\uff41", "\u0663"], ids=repr
+)
+def test_keys_outside_the_allowed_shape_are_skipped(key: str) -> None:
+    attributes = metadata_attributes({key: "x", "ok_1": "y"})
+    assert attributes == {"um_ok_1": "y", "um_skipped": key}
+
+
+def test_key_of_64_characters_is_mirrored() -> None:
+    key = "K_9" + "k" * 61
+    assert metadata_attributes({key: "v"}) == {f"um_{key}": "v"}
+
+
+def test_at_most_eight_keys_in_delivered_order() -> None:
+    # Keys in an order a sorted() or hash order would not give: the delivered JSON's order.
+    keys = ["z9", "a1", "m5", "b2", "y8", "c3", "x7", "d4", "w6", "e0"]
+    body = json.dumps(
+        {"type": "batch.succeeded", "data": {"id": "b1", "user_metadata": {k: k for k in keys}}}
+    ).encode()
+    attributes = normalize(WEBHOOK_ID, TIMESTAMP, body, "hmac").attributes()
+    mirrored = [
+        k.removeprefix("um_") for k in attributes if k.startswith("um_") and k != "um_skipped"
+    ]
+    assert mirrored == keys[:8]
+    assert attributes["um_skipped"] == "w6,e0"
+
+
+def test_skipped_keys_do_not_count_towards_the_eight() -> None:
+    metadata = {"nested": {}, **{f"k{i}": i for i in range(8)}, "late": 1}
+    attributes = metadata_attributes(metadata)
+    assert [k for k in attributes if k != "um_skipped"] == [f"um_k{i}" for i in range(8)]
+    assert attributes["um_skipped"] == "nested,late"
+
+
+def test_key_named_skipped_never_overwrites_the_skip_list() -> None:
+    assert metadata_attributes({"skipped": "yes", "team": "ads"}) == {
+        "um_team": "ads",
+        "um_skipped": "skipped",
+    }
+    attributes = metadata_attributes({"nested": [], "skipped": "no"})
+    assert attributes == {"um_skipped": "nested,skipped"}
+
+
+def test_skip_list_is_cut_at_a_whole_name_within_1024_bytes() -> None:
+    names = [f"{i:03d}-" + "n" * 95 for i in range(30)]  # 100 bytes each, shape not allowed
+    skipped = metadata_attributes(dict.fromkeys(names, 1))["um_skipped"]
+    assert len(skipped.encode()) <= 1024
+    assert skipped == ",".join(names[:10])  # 10 names and 9 commas: 1009 bytes; 11 would not fit
+
+
+def test_skip_list_of_one_name_longer_than_an_attribute_is_cut_at_a_character() -> None:
+    name = "é" * 600  # 1200 bytes
+    skipped = metadata_attributes({name: 1, "short-one": 2})["um_skipped"]
+    assert len(skipped.encode()) <= 1024
+    assert skipped == "é" * 512
+
+
+def test_many_long_keys_keep_the_message_publishable() -> None:
+    metadata = {"k" * 5000 + str(i): "v" * 5000 for i in range(50)} | {"team": "search"}
+    event = event_for(envelope("batch.succeeded", {"id": "b1", "user_metadata": metadata}))
+    attributes = event.attributes()
+    check_publishable(event.data(), attributes)
+    assert attributes["um_team"] == "search"
+    assert len(attributes["um_skipped"].encode()) == 1024
+
+
+@pytest.mark.parametrize("metadata", [None, {}, [{"team": "x"}], "team", 3], ids=repr)
+def test_metadata_that_is_not_an_object_mirrors_nothing(metadata: Any) -> None:
+    assert metadata_attributes(metadata) == {}
+
+
+def test_quarantined_events_have_no_metadata_attributes() -> None:
+    body = b'{"type": 3, "user_metadata": {"team": "search"}}'
+    event = normalize(WEBHOOK_ID, TIMESTAMP, body, "hmac")
+    assert event.quarantined
+    assert not [k for k in event.attributes() if k.startswith("um_")]
+
+
+def test_reconciled_events_mirror_the_jobs_metadata() -> None:
+    job = JobView(
+        kind="batch",
+        name="batches/b1",
+        state="succeeded",
+        terminal=True,
+        user_metadata={"team": "search", "priority": 2, "deep": {"x": 1}},
+    )
+    event = synthesize(job, datetime(2026, 5, 4, tzinfo=UTC))
+    attributes = event.attributes()
+    assert attributes["signature"] == "reconciled"
+    assert (attributes["um_team"], attributes["um_priority"]) == ("search", "2")
+    assert attributes["um_skipped"] == "deep"
+
+
+metadata_key = st.one_of(
+    st.text(st.sampled_from("ab_Z09"), min_size=1, max_size=3),
+    st.text(st.characters(codec="utf-8"), max_size=8),
+    st.integers(60, 70).map(lambda size: "k" * size),
+    st.integers(300, 1100).map(lambda size: "é" * size),
+)
+metadata_value = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(10**250, 10**300),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(st.characters(codec="utf-8"), max_size=300),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(metadata_key, metadata_value, max_size=14))
+def test_any_metadata_keeps_the_message_publishable_and_follows_the_rules(
+    metadata: dict[str, Any],
+) -> None:
+    event = event_for(envelope("batch.succeeded", {"id": "b1", "user_metadata": metadata}))
+    attributes = event.attributes()
+    check_publishable(event.data(), attributes)
+    read = json.loads(event.data())["data"]["user_metadata"]  # the delivered order
+    mirrored = [k for k in attributes if k.startswith("um_") and k != "um_skipped"]
+    assert len(mirrored) <= 8
+    expected_mirrored: list[str] = []
+    for key, value in read.items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        if (
+            len(expected_mirrored) < 8
+            and key != "skipped"
+            and re.fullmatch(r"[A-Za-z0-9_]{1,64}", key)
+            and value is not None
+            and not isinstance(value, list | dict)
+            and len(text.encode()) <= 256
+        ):
+            expected_mirrored.append(key)
+            assert attributes[f"um_{key}"] == text
+    assert mirrored == [f"um_{key}" for key in expected_mirrored]
+    skipped = [key for key in read if key not in expected_mirrored]
+    if skipped:
+        named = attributes["um_skipped"]
+        assert len(named.encode()) <= 1024
+        whole = ",".join(skipped)
+        assert whole.startswith(named) or skipped[0].startswith(named)
+    else:
+        assert "um_skipped" not in attributes

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import os
+import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from werkzeug.datastructures import Headers
 
 from tests.support.fakes import FakeClock
-from tests.support.signing import new_secret
+from tests.support.signing import headers_v1, new_secret
 from webhook_relay.config import load_settings
 from webhook_relay.errors import ConfigError
 from webhook_relay.signing_secrets import (
@@ -21,11 +26,13 @@ from webhook_relay.signing_secrets import (
     parse_entries,
     rfc3339,
 )
+from webhook_relay.verify import Verifier, read_delivery
 
 SECRET, OTHER = new_secret(), new_secret()
 KEY, OTHER_KEY = (base64.b64decode(s.removeprefix("whsec_")) for s in (SECRET, OTHER))
 NOW = 1_800_000_000.0  # 2027-01-15: a wall clock, since expiries are instants
 LATER = datetime.fromtimestamp(NOW + 60, UTC)
+BODY = b'{"type": "batch.succeeded", "data": {"id": "batches/b1"}}'
 
 
 def at(moment: datetime) -> str:
@@ -42,7 +49,8 @@ def secrets_file(tmp_path: Path, text: str) -> tuple[Path, FakeClock, SigningSec
     path = tmp_path / "secrets"
     path.write_text(text)
     clock = FakeClock(NOW)
-    return path, clock, SigningSecrets((), path, check_every=1.0, clock=clock)
+    # The refresher never fires on its own here: each test runs its step with refresh().
+    return path, clock, SigningSecrets((), path, check_every=3600, clock=clock)
 
 
 # --- the format --------------------------------------------------------------------------------
@@ -77,9 +85,13 @@ def test_expiry_is_an_rfc3339_instant(suffix: str) -> None:
         ";expires=tomorrow",
         ";expires=2027-13-15T08:01:00Z",
         ";expires=",
-        ";expire=2027-01-15T08:01:00Z",
         ";expires=2027-01-15T08:01:00Z;expires=2027-01-15T08:01:00Z",
         ";",
+        ";webhook",
+        ";webhook=",
+        ";webhook=wh_1;webhook=wh_2",
+        ";=value",
+        ";9lives=x",
     ],
 )
 def test_bad_expiry_names_the_variable_and_entry_and_not_the_secret(suffix: str) -> None:
@@ -87,6 +99,32 @@ def test_bad_expiry_names_the_variable_and_entry_and_not_the_secret(suffix: str)
     assert error.variable == "WEBHOOK_SIGNING_SECRETS"
     assert "entry 2" in str(error)
     assert SECRET.removeprefix("whsec_")[:8] not in str(error)
+
+
+def test_webhook_tag_is_read_and_written_back() -> None:
+    (entry,) = parse_entries(f"{SECRET};webhook=webhooks/wh_1{at(LATER)}", "V")
+    assert (entry.key, entry.webhook, entry.expires_at) == (KEY, "webhooks/wh_1", LATER)
+    assert entry.entry() == f"{SECRET};webhook=webhooks/wh_1{at(LATER)}"
+    assert SECRET not in repr(entry)
+
+
+@pytest.mark.parametrize(
+    "suffix", [";colour=blue", ";expire=2027-01-15T08:01:00Z", ";note=", ";v2.flag=on;x-y=1"]
+)
+def test_unknown_attributes_are_ignored_and_kept(suffix: str) -> None:
+    # Forward compatible: a newer command line's attribute never stops this relay from starting.
+    (entry,) = parse_entries(f"{SECRET};webhook=wh_1{suffix}{at(LATER)}", "V")
+    assert (entry.key, entry.webhook, entry.expires_at) == (KEY, "wh_1", LATER)
+    assert entry.entry() == f"{SECRET};webhook=wh_1{suffix}{at(LATER)}"
+
+
+def test_tagged_file_written_by_the_commands_is_read_by_the_relay(tmp_path: Path) -> None:
+    path, _, secrets = secrets_file(tmp_path, f"{SECRET};webhook=wh_1{at(LATER)}\n")
+    assert secrets.current() == (KEY,)
+    path.write_text(f"{OTHER};webhook=wh_2;future=1\n{SECRET};webhook=wh_1{at(LATER)}\n")
+    secrets.refresh()
+    assert secrets.current() == (OTHER_KEY, KEY)
+    assert secrets.last_error is None
 
 
 def test_secret_shorter_than_16_bytes_is_refused_at_start_up() -> None:
@@ -166,7 +204,7 @@ def test_expiry_in_the_secrets_file_applies(tmp_path: Path) -> None:
 
 def test_new_version_with_same_mtime_size_and_inode_is_seen(tmp_path: Path) -> None:
     # What a Secret Manager volume may do: same length, same inode, mtime put back.
-    path, clock, secrets = secrets_file(tmp_path, SECRET)
+    path, _, secrets = secrets_file(tmp_path, SECRET)
     before = path.stat()
     replacement = OTHER[: len(SECRET)].ljust(len(SECRET), "A")
     with path.open("r+") as file:
@@ -178,33 +216,26 @@ def test_new_version_with_same_mtime_size_and_inode_is_seen(tmp_path: Path) -> N
         before.st_size,
         before.st_ino,
     )
-    clock.advance(1.0)
+    secrets.refresh()
     assert secrets.current() == (parse_entries(replacement, "V")[0].key,)
 
 
-def test_change_is_read_at_the_next_check_not_on_every_call(tmp_path: Path) -> None:
+def test_a_request_never_reads_the_file_the_refresher_does(tmp_path: Path) -> None:
     path, clock, secrets = secrets_file(tmp_path, SECRET)
     path.write_text(OTHER)
-    clock.advance(0.5)
-    assert secrets.current() == (KEY,)  # within the interval: the last read stands
-    clock.advance(0.5)
-    assert secrets.current() == (OTHER_KEY,)
-
-
-def test_clock_going_back_does_not_postpone_the_next_read(tmp_path: Path) -> None:
-    path, clock, secrets = secrets_file(tmp_path, SECRET)
-    path.write_text(OTHER)
-    clock.advance(-3600)
+    clock.advance(3600)
+    assert secrets.current() == (KEY,)  # the snapshot: no read on the request path
+    secrets.refresh()
     assert secrets.current() == (OTHER_KEY,)
 
 
 def test_broken_new_file_keeps_previous_secrets_and_logs_one_error(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    path, clock, secrets = secrets_file(tmp_path, SECRET)
+    path, _, secrets = secrets_file(tmp_path, SECRET)
     path.write_text(f"{OTHER} whsec_half*written")
     for _ in range(5):
-        clock.advance(1.0)
+        secrets.refresh()
         assert secrets.current() == (KEY,)
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1
@@ -217,22 +248,22 @@ def test_broken_new_file_keeps_previous_secrets_and_logs_one_error(
 def test_another_broken_version_is_logged_again_and_a_good_one_recovers(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    path, clock, secrets = secrets_file(tmp_path, SECRET)
+    path, _, secrets = secrets_file(tmp_path, SECRET)
     for text in ("whsec_!!", "whsec_??"):
         path.write_text(text)
-        clock.advance(1.0)
+        secrets.refresh()
         assert secrets.current() == (KEY,)
     path.write_text(OTHER)
-    clock.advance(1.0)
+    secrets.refresh()
     assert secrets.current() == (OTHER_KEY,)
     assert secrets.last_error is None
     assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 2
 
 
 def test_short_secret_in_a_new_version_keeps_the_previous_secrets(tmp_path: Path) -> None:
-    path, clock, secrets = secrets_file(tmp_path, SECRET)
+    path, _, secrets = secrets_file(tmp_path, SECRET)
     path.write_text("whsec_" + base64.b64encode(b"short").decode())
-    clock.advance(1.0)
+    secrets.refresh()
     assert secrets.current() == (KEY,)
     assert secrets.last_error is not None
     assert "shorter than 16 bytes" in secrets.last_error
@@ -241,27 +272,27 @@ def test_short_secret_in_a_new_version_keeps_the_previous_secrets(tmp_path: Path
 def test_deleted_file_keeps_previous_secrets_and_logs_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    path, clock, secrets = secrets_file(tmp_path, SECRET)
+    path, _, secrets = secrets_file(tmp_path, SECRET)
     path.unlink()
     for _ in range(3):
-        clock.advance(1.0)
+        secrets.refresh()
         assert secrets.current() == (KEY,)
     assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1
 
 
 def test_oversized_file_is_not_read_whole_and_keeps_previous_secrets(tmp_path: Path) -> None:
-    path, clock, secrets = secrets_file(tmp_path, SECRET)
+    path, _, secrets = secrets_file(tmp_path, SECRET)
     path.write_text((OTHER + "\n") * (MAX_FILE_BYTES // len(OTHER) + 1))
-    clock.advance(1.0)
+    secrets.refresh()
     assert secrets.current() == (KEY,)
     assert secrets.last_error is not None
     assert "larger than" in secrets.last_error
 
 
 def test_not_utf8_file_keeps_previous_secrets(tmp_path: Path) -> None:
-    path, clock, secrets = secrets_file(tmp_path, SECRET)
+    path, _, secrets = secrets_file(tmp_path, SECRET)
     path.write_bytes(b"\xff\xfe" + OTHER.encode())
-    clock.advance(1.0)
+    secrets.refresh()
     assert secrets.current() == (KEY,)
     assert secrets.last_error is not None
     assert "UTF-8" in secrets.last_error
@@ -271,3 +302,65 @@ def test_expiry_from_the_environment_variable_applies() -> None:
     past = datetime.now(UTC) - timedelta(seconds=1)
     settings = load_settings({"WEBHOOK_SIGNING_SECRETS": f"{SECRET}{at(past)} {OTHER}"})
     assert settings.secrets.current() == (OTHER_KEY,)
+
+
+# --- the refresher -----------------------------------------------------------------------------
+
+
+def eventually(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 10  # the contract's bound for a rotation to be seen
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_refresher_thread_picks_up_a_new_version(tmp_path: Path) -> None:
+    path = tmp_path / "secrets"
+    path.write_text(SECRET)
+    secrets = SigningSecrets((), path, check_every=0.05)
+    try:
+        assert secrets.current() == (KEY,)  # starts the refresher
+        path.write_text(f"{SECRET}\n{OTHER}\n")
+        eventually(lambda: secrets.current() == (KEY, OTHER_KEY), "new version not seen")
+    finally:
+        secrets.close()
+
+
+def test_a_stalled_read_never_stalls_a_verification(tmp_path: Path) -> None:
+    """A hung secret volume: the refresher's read of a FIFO blocks until its writer writes."""
+    path = tmp_path / "secrets"
+    path.write_text(SECRET)
+    settings = load_settings({"WEBHOOK_SIGNING_SECRETS_FILE": str(path), "GEMINI_JWKS_URL": ""})
+    secrets = settings.secrets
+    verifier = Verifier(settings, None)
+    path.unlink()
+    os.mkfifo(path)
+    writer: list[int] = []
+
+    def refresher_is_reading() -> bool:
+        # Opening a FIFO for writing without blocking succeeds only once a reader has it open;
+        # the writer is kept open, so the reader's read() waits for data.
+        with contextlib.suppress(OSError):
+            writer.append(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        return bool(writer)
+
+    try:
+        assert secrets.current() == (KEY,)  # starts the refresher
+        eventually(refresher_is_reading, "the refresher never opened the file")
+        answers: list[str] = []
+
+        def verify() -> None:
+            delivery = read_delivery(Headers(headers_v1(SECRET, BODY)), BODY)
+            answers.append(verifier.verify(delivery))
+
+        worker = threading.Thread(target=verify, daemon=True)
+        worker.start()
+        worker.join(timeout=5)  # not a speed figure: a request blocked on the file never returns
+        assert answers == ["hmac"]
+        os.write(writer[0], f"{OTHER}\n".encode())
+        os.close(writer.pop())
+        eventually(lambda: secrets.current() == (OTHER_KEY,), "the read never completed")
+    finally:
+        secrets.close()
+        for fd in writer:
+            os.close(fd)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import hcl2
 import pytest
 
 from tests.support import tfschema
@@ -38,10 +39,10 @@ def _broken(tmp_path: Path, file_name: str, old: str, new: str, count: int = 1) 
 # (file, text, replacement, the problem expected, or each of the problems expected)
 BREAKAGES: dict[str, tuple[str, str, str, str | tuple[str, ...]]] = {
     "unknown resource type": (
-        "alerts.tf",
-        'resource "google_monitoring_alert_policy" "dead_letters"',
-        'resource "google_monitoring_alert_polcy" "dead_letters"',
-        "no resource type google_monitoring_alert_polcy",
+        "reconcile.tf",
+        'resource "google_firestore_index" "jobs_by_checked_at"',
+        'resource "google_firestore_indx" "jobs_by_checked_at"',
+        "no resource type google_firestore_indx",
     ),
     "unknown data source type": (
         "locals.tf",
@@ -152,6 +153,38 @@ BREAKAGES: dict[str, tuple[str, str, str, str | tuple[str, ...]]] = {
         "data.archive_file.source.output_md6",
         "archive_file has no attribute 'output_md6'",
     ),
+    "environment variable known only after apply": (
+        "reconcile.tf",
+        "RELAY_PUBLIC_URL               = local.public_url",
+        "RELAY_PUBLIC_URL               = "
+        "google_cloudfunctions2_function.relay.service_config[0].uri",
+        "environment_variables uses google_cloudfunctions2_function.relay.service_config[0].uri,"
+        " known only after apply",
+    ),
+    "environment variable from an id, through a local": (
+        "locals.tf",
+        "THREADS = tostring(var.concurrency)",
+        "THREADS = google_pubsub_topic.relay[local.unrouted_topic].id",
+        "environment_variables uses google_pubsub_topic.relay[local.unrouted_topic].id",
+    ),
+    "count known only after apply": (
+        "iam.tf",
+        "count = var.build_service_account == null ? 1 : 0\n\n  project      = var.project_id",
+        "count = length(google_service_account.relay.email)\n\n  project      = var.project_id",
+        "count uses google_service_account.relay.email, known only after apply",
+    ),
+    "google-beta resource without its provider": (
+        "iam.tf",
+        "  provider = google-beta\n",
+        "",
+        "no resource type google_project_service_identity in google",
+    ),
+    "moved to an address that is not declared": (
+        "alerts.tf",
+        'to   = google_monitoring_alert_policy.relay["unrouted"]',
+        'to   = google_monitoring_alert_policy.policies["unrouted"]',
+        "moved to google_monitoring_alert_policy.policies, which is not declared",
+    ),
     "reference to an undeclared resource": (
         "iam.tf",
         "secret_id = google_secret_manager_secret.signing_secrets.secret_id",
@@ -184,3 +217,124 @@ def test_a_wheel_that_does_not_match_its_pin_is_refused(
     with pytest.raises(RuntimeError, match="sha256"):
         tfschema._download(package)
     assert not (tmp_path / "wheels" / package.wheel).exists()
+
+
+# --- what only a plan would find -------------------------------------------------------------
+
+# A valid non-default value of every optional variable (an HCL expression): the model of infra/
+# is evaluated with each one set in turn, as a plan would evaluate it.
+SAMPLES = {
+    "name_prefix": '"relay-x"',
+    "topic_prefix": '"acme-"',
+    "routes": '{"batch.*" = "jobs", "*" = "other-events"}',
+    "memory": '"1Gi"',
+    "max_instances": "3",
+    "min_instances": "1",
+    "concurrency": "8",
+    "jwt_audiences": '["https://relay.example.com/hook"]',
+    "jwt_issuers": '["https://accounts.google.com"]',
+    "build_service_account": '"projects/p/serviceAccounts/builder@p.iam.gserviceaccount.com"',
+    "firestore_database": '"(default)"',
+    "create_firestore_database": "false",
+    "firestore_location": '"eur3"',
+    "dedup_collection": '"deliveries"',
+    "dedup_ttl_hours": "100",
+    "claim_lease_seconds": "20",
+    "message_retention_duration": '"86400s"',
+    "max_delivery_attempts": "5",
+    "alert_email": '"oncall@example.com"',
+    "notification_channels": '["projects/p/notificationChannels/1"]',
+    "unauthorized_alert_threshold": "5",
+    "enable_apis": "false",
+    "reconcile_schedule": '"*/5 * * * *"',
+    "jobs_collection": '"jobs"',
+    "public_url": '"https://relay.example.com/hook"',
+    "relay_public_url": '"https://old.example.com/hook"',
+    "reconcile_grace_seconds": "60",
+    "reconcile_lookback_hours": "24",
+    "reenable_webhooks": "true",
+    "dynamic_webhooks": "true",
+    "public_access": '"all_users"',
+    "scheduler_region": '"europe-west1"',
+    "exactly_once_delivery": "false",
+    "filtered_subscriptions": (
+        '{search-team = {topic = "gemini-batch", filter = "attributes.um_team = \\"search\\""}}'
+    ),
+}
+REQUIRED = {"project_id": '"my-project"', "region": '"us-central1"'}
+
+
+@pytest.fixture(scope="module")
+def google_7() -> tuple[tfschema.Schema, ...]:
+    return tuple(tfschema.load(package) for package in tfschema.PROVIDER_SETS["google 7.x"])
+
+
+def test_every_optional_variable_has_a_sample() -> None:
+    declared = {}
+    for path in INFRA.glob("*.tf"):
+        for entry in hcl2.loads(path.read_text(encoding="utf-8")).get("variable", []):
+            for name, body in entry.items():
+                declared[tfschema._unquote(name)] = "default" in body
+    assert {name for name, optional in declared.items() if not optional} == set(REQUIRED)
+    assert {name for name, optional in declared.items() if optional} == set(SAMPLES)
+
+
+@pytest.mark.parametrize("variable", [None, *sorted(SAMPLES)])
+def test_a_plan_evaluates_with_each_optional_variable_set(
+    variable: str | None, google_7: tuple[tfschema.Schema, ...]
+) -> None:
+    values = dict(REQUIRED) if variable is None else {**REQUIRED, variable: SAMPLES[variable]}
+    assert tfschema.evaluate(INFRA, google_7, values) == []
+
+
+def _filtered(subscription: str, topic: str) -> str:
+    return f'{{{subscription} = {{topic = "{topic}", filter = "attributes.a = \\"b\\""}}}}'
+
+
+# (variables, the problem expected)
+PLAN_FAILURES = {
+    "look-back longer than the record lifetime": (
+        {"dedup_ttl_hours": "25"},
+        "reconcile_lookback_hours must not exceed dedup_ttl_hours",
+    ),
+    "more warm instances than the maximum": (
+        {"min_instances": "5", "max_instances": "2"},
+        "min_instances must not exceed max_instances",
+    ),
+    "filtered subscription on a topic the relay does not have": (
+        {"filtered_subscriptions": _filtered("x-team", "nope")},
+        "must be one of the relay's topics",
+    ),
+    "filtered subscription taking a managed subscription's id": (
+        {"filtered_subscriptions": _filtered("gemini-batch-sub", "gemini-batch")},
+        "belongs to a subscription Terraform already manages",
+    ),
+    "a variable's own validation": ({"public_access": '"everyone"'}, "public_access must be"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PLAN_FAILURES))
+def test_a_plan_refuses(case: str, google_7: tuple[tfschema.Schema, ...]) -> None:
+    values, expected = PLAN_FAILURES[case]
+    problems = tfschema.evaluate(INFRA, google_7, {**REQUIRED, **values})
+    assert problems
+    assert all(expected in problem for problem in problems), problems
+
+
+def test_the_model_catches_a_null_interpolated_into_a_string(
+    tmp_path: Path, google_7: tuple[tfschema.Schema, ...]
+) -> None:
+    # The build_member of main before issue 18: null when build_service_account is given.
+    broken = _broken(
+        tmp_path,
+        "locals.tf",
+        'element(split("/", var.build_service_account), 3)',
+        "one(google_service_account.build[*].email)",
+    )
+    for template in INFRA.glob("*.tftpl"):
+        shutil.copy(template, broken / template.name)
+    values = {**REQUIRED, "build_service_account": SAMPLES["build_service_account"]}
+    (problem,) = tfschema.evaluate(broken, google_7, values)
+    assert "Invalid template interpolation value" in problem
+    assert "build_member" in problem
+    assert tfschema.evaluate(broken, google_7, REQUIRED) == []

@@ -14,7 +14,6 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import jwt
@@ -30,11 +29,16 @@ from tests.support.signing import (
     headers_v1,
     new_secret,
 )
-from webhook_relay import signing_secrets
 from webhook_relay.config import load_settings
 from webhook_relay.errors import BadRequest, Unauthorized, Unavailable
 from webhook_relay.jwks import KeySet
-from webhook_relay.verify import MAX_V1A_ENTRIES, Verifier, read_delivery
+from webhook_relay.verify import (
+    DYNAMIC_OFF_HINT,
+    MAX_V1A_ENTRIES,
+    Verifier,
+    read_delivery,
+    read_head,
+)
 
 SECRET = new_secret()
 OTHER_SECRET = new_secret()
@@ -237,12 +241,8 @@ def test_v1_secret_without_base64_padding_as_the_reference_library_accepts() -> 
     assert verify(headers_v1(unpadded, BODY), BODY) == "hmac"
 
 
-def test_v1_secret_from_rewritten_secrets_file_is_used(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_v1_secret_from_rewritten_secrets_file_is_used(tmp_path: Path) -> None:
     # A rotation through the Secret Manager volume needs no redeploy.
-    clock = FakeClock()
-    monkeypatch.setattr(signing_secrets, "time", SimpleNamespace(time=clock))
     path = tmp_path / "secrets"
     path.write_text(OTHER_SECRET)
     settings = load_settings({"WEBHOOK_SIGNING_SECRETS_FILE": str(path), "GEMINI_JWKS_URL": ""})
@@ -252,7 +252,7 @@ def test_v1_secret_from_rewritten_secrets_file_is_used(
         verifier.verify(read_delivery(headers, BODY))
     path.write_text(f"{OTHER_SECRET} {SECRET}")
     os.utime(path, ns=(time.time_ns() + 5_000_000_000, time.time_ns() + 5_000_000_000))
-    clock.advance(signing_secrets.SECRETS_FILE_CHECK_SECONDS)
+    settings.secrets.refresh()  # one check of the refresher thread
     assert verifier.verify(read_delivery(headers, BODY)) == "hmac"
 
 
@@ -421,6 +421,39 @@ def test_jwt_issued_within_the_tolerance_is_accepted(server: JwksServer) -> None
     assert make_verifier(jwt_env(server))(jwt_headers(token), BODY) == "jwt"
 
 
+@pytest.mark.parametrize("offset", [290, -290])
+def test_jwt_iat_is_judged_by_the_tolerance_both_ways_not_by_the_leeway(
+    server: JwksServer, offset: int
+) -> None:
+    # PyJWT alone refuses an `iat` later than now plus its leeway (60 s here): "not yet valid".
+    now = int(time.time())
+    token = good_token(iat=now + offset, exp=now + 3600)
+    assert make_verifier(jwt_env(server))(jwt_headers(token), BODY) == "jwt"
+
+
+@pytest.mark.parametrize(("offset", "reason"), [(310, "too far in the future"), (-310, "too old")])
+def test_jwt_iat_just_outside_the_tolerance_is_refused(
+    server: JwksServer, offset: int, reason: str
+) -> None:
+    now = int(time.time())
+    token = good_token(iat=now + offset, exp=now + 3600)
+    with pytest.raises(Unauthorized, match=f"JWT iat is {reason}"):
+        make_verifier(jwt_env(server))(jwt_headers(token), BODY)
+
+
+@pytest.mark.parametrize("iat", ["1700000000", True, 10**400, 1e309])
+def test_jwt_iat_that_is_not_a_plain_number_is_refused(server: JwksServer, iat: Any) -> None:
+    with pytest.raises(Unauthorized, match="JWT rejected"):
+        make_verifier(jwt_env(server))(jwt_headers(good_token(iat=iat)), BODY)
+
+
+def test_jwt_nbf_keeps_its_leeway_of_at_most_60_seconds(server: JwksServer) -> None:
+    now = int(time.time())
+    assert make_verifier(jwt_env(server))(jwt_headers(good_token(nbf=now + 30)), BODY) == "jwt"
+    with pytest.raises(Unauthorized, match="not yet valid"):
+        make_verifier(jwt_env(server))(jwt_headers(good_token(nbf=now + 120)), BODY)
+
+
 def test_jwt_not_yet_valid(server: JwksServer) -> None:
     token = good_token(nbf=int(time.time()) + 400)
     with pytest.raises(Unauthorized, match="not yet valid"):
@@ -527,3 +560,172 @@ def test_jwt_disabled_when_jwks_url_is_empty() -> None:
     verify = make_verifier({"WEBHOOK_SIGNING_SECRETS": SECRET, "GEMINI_JWKS_URL": ""})
     with pytest.raises(Unauthorized, match="disabled"):
         verify(jwt_headers(good_token()), BODY)
+
+
+# --- v1a from the key set (dynamic deliveries as reported live) ------------------------------
+
+
+GOOGLE = Ed25519Signer()  # one of the key set's Ed25519 keys
+
+
+def dynamic_env(server: JwksServer, **extra: str) -> dict[str, str]:
+    return {"GEMINI_JWKS_URL": server.url, "GEMINI_DYNAMIC_WEBHOOKS": "true"} | extra
+
+
+def test_dynamic_v1a_signed_with_a_key_set_key_is_accepted() -> None:
+    server = jwks_server(KEY, Ed25519Signer(), GOOGLE)  # RSA and Ed25519 keys side by side
+    verify = make_verifier(dynamic_env(server))
+    assert verify(v1a_headers(GOOGLE, BODY), BODY) == "keyset-ed25519"
+    assert server.requests == 1
+
+
+def test_dynamic_v1a_configured_public_key_stays_ed25519() -> None:
+    own = Ed25519Signer()
+    verify = make_verifier(dynamic_env(jwks_server(GOOGLE), WEBHOOK_PUBLIC_KEYS=own.public_key))
+    assert verify(v1a_headers(own, BODY), BODY) == "ed25519"
+    assert verify(v1a_headers(GOOGLE, BODY), BODY) == "keyset-ed25519"
+
+
+def test_dynamic_v1a_foreign_key_is_unauthorized() -> None:
+    verify = make_verifier(dynamic_env(jwks_server(GOOGLE)))
+    with pytest.raises(Unauthorized, match="no signature matches") as refused:
+        verify(v1a_headers(Ed25519Signer(), BODY), BODY)
+    assert refused.value.hint is None  # dynamic deliveries are on: nothing to switch
+
+
+def test_dynamic_v1a_body_changed_is_unauthorized() -> None:
+    verify = make_verifier(dynamic_env(jwks_server(GOOGLE)))
+    with pytest.raises(Unauthorized):
+        verify(v1a_headers(GOOGLE, BODY), BODY.replace(b"batch_123456", b"batch_999999"))
+
+
+def test_dynamic_v1a_stale_timestamp_is_refused_before_the_key_set_is_fetched() -> None:
+    server = jwks_server(GOOGLE)
+    stale = int(time.time()) - 400
+    headers = v1a_headers(GOOGLE, BODY) | {
+        "webhook-timestamp": str(stale),
+        "webhook-signature": GOOGLE.sign("msg_v1a", stale, BODY),
+    }
+    with pytest.raises(Unauthorized, match="too old"):
+        make_verifier(dynamic_env(server))(headers, BODY)
+    assert server.requests == 0
+
+
+def test_dynamic_v1a_is_off_by_default_and_the_refusal_says_so() -> None:
+    server = jwks_server(GOOGLE)
+    verify = make_verifier({"GEMINI_JWKS_URL": server.url, "WEBHOOK_SIGNING_SECRETS": SECRET})
+    with pytest.raises(Unauthorized, match=r"^no signature matches$") as refused:
+        verify(v1a_headers(GOOGLE, BODY), BODY)
+    assert refused.value.hint == DYNAMIC_OFF_HINT
+    assert "GEMINI_DYNAMIC_WEBHOOKS" in DYNAMIC_OFF_HINT
+    assert server.requests == 0
+
+
+def test_hmac_refusal_while_dynamic_is_off_has_no_hint() -> None:
+    verify = make_verifier({"WEBHOOK_SIGNING_SECRETS": SECRET, "GEMINI_JWKS_URL": ""})
+    with pytest.raises(Unauthorized) as refused:
+        verify(headers_v1(OTHER_SECRET, BODY), BODY)
+    assert refused.value.hint is None
+
+
+def test_dynamic_v1a_key_added_to_the_set_later_is_picked_up_by_a_refresh() -> None:
+    server, clock = jwks_server(GOOGLE), FakeClock()
+    verify = make_verifier(dynamic_env(server), clock)
+    assert verify(v1a_headers(GOOGLE, BODY), BODY) == "keyset-ed25519"
+    rotated = Ed25519Signer()
+    server.keys.append(rotated)
+    clock.advance(29)  # a refresh so soon is skipped: the rate limit of unknown kids
+    with pytest.raises(Unauthorized):
+        verify(v1a_headers(rotated, BODY), BODY)
+    clock.advance(1)
+    assert verify(v1a_headers(rotated, BODY), BODY) == "keyset-ed25519"
+    assert server.requests == 2
+
+
+def test_dynamic_v1a_forged_flood_costs_no_more_fetches_than_unknown_kids() -> None:
+    # The same rhythm as test_jwks.test_flood_of_unknown_kids_is_one_fetch_per_interval.
+    server, clock = jwks_server(GOOGLE), FakeClock()
+    verify = make_verifier(dynamic_env(server), clock)
+    forger = Ed25519Signer()
+    for _ in range(50):
+        with pytest.raises(Unauthorized):
+            verify(v1a_headers(forger, BODY), BODY)
+        clock.advance(3)
+    assert server.requests == 5
+
+
+def test_dynamic_v1a_key_set_down_during_the_refresh_is_unavailable() -> None:
+    server, clock = jwks_server(GOOGLE), FakeClock()
+    verify = make_verifier(dynamic_env(server), clock)
+    verify(v1a_headers(GOOGLE, BODY), BODY)
+    server.down = True
+    clock.advance(30)
+    with pytest.raises(Unavailable):
+        verify(v1a_headers(Ed25519Signer(), BODY), BODY)
+    assert verify(v1a_headers(GOOGLE, BODY), BODY) == "keyset-ed25519"  # cached key still works
+
+
+def test_dynamic_v1a_key_set_down_at_first_use_is_unavailable() -> None:
+    server = jwks_server(GOOGLE)
+    server.down = True
+    with pytest.raises(Unavailable):
+        make_verifier(dynamic_env(server))(v1a_headers(GOOGLE, BODY), BODY)
+
+
+def test_dynamic_v1a_work_is_capped_per_request() -> None:
+    server = jwks_server(GOOGLE)
+    verify = make_verifier(dynamic_env(server))
+    headers = v1a_headers(GOOGLE, BODY)
+    forged = "v1a," + base64.b64encode(os.urandom(64)).decode()
+    beyond = " ".join([forged] * MAX_V1A_ENTRIES + [headers["webhook-signature"]])
+    with pytest.raises(Unauthorized):
+        verify(with_signature(headers, beyond), BODY)
+
+
+def test_dynamic_v1a_never_verifies_with_an_rsa_key() -> None:
+    # The set holds only RSA keys: a v1a entry has nothing to verify against, and refreshing
+    # does not change that.
+    server, clock = jwks_server(KEY), FakeClock()
+    verify = make_verifier(dynamic_env(server), clock)
+    with pytest.raises(Unauthorized):
+        verify(v1a_headers(GOOGLE, BODY), BODY)
+
+
+def test_hmac_delivery_never_fetches_the_key_set_when_dynamic_is_on() -> None:
+    server = jwks_server(GOOGLE)
+    verify = make_verifier(dynamic_env(server, WEBHOOK_SIGNING_SECRETS=SECRET))
+    assert verify(headers_v1(SECRET, BODY), BODY) == "hmac"
+    assert server.requests == 0
+
+
+def test_eddsa_jwt_from_a_key_set_ed25519_key_is_unauthorized() -> None:
+    server = jwks_server(KEY, GOOGLE)
+    now = int(time.time())
+    claims = {"aud": AUDIENCE, "iat": now, "exp": now + 300}
+    token = jwt.encode(claims, GOOGLE.private, algorithm="EdDSA", headers={"kid": GOOGLE.kid})
+    verify = make_verifier(dynamic_env(server, GEMINI_JWT_AUDIENCE=AUDIENCE))
+    with pytest.raises(Unauthorized, match="RS256"):
+        verify(jwt_headers(token), BODY)
+
+
+def test_rs256_jwt_naming_an_ed25519_key_is_unauthorized() -> None:
+    server = jwks_server(KEY, GOOGLE)
+    forged = RsaKey(kid=GOOGLE.kid)  # the kid of the set's Ed25519 key
+    verify = make_verifier(dynamic_env(server, GEMINI_JWT_AUDIENCE=AUDIENCE))
+    with pytest.raises(Unauthorized, match="unknown JWT key id"):
+        verify(jwt_headers(good_token(forged)), BODY)
+
+
+# --- headers first ---------------------------------------------------------------------------
+
+
+def test_check_head_proves_a_jwt_without_the_body(server: JwksServer) -> None:
+    settings = load_settings(jwt_env(server))
+    verifier = Verifier(settings, KeySet(server.url, clock=FakeClock()))
+    assert verifier.check_head(read_head(Headers(jwt_headers(good_token())))) == "jwt"
+
+
+def test_check_head_leaves_v1_entries_to_the_body_check(verify: Verify) -> None:
+    settings = load_settings({"WEBHOOK_SIGNING_SECRETS": SECRET, "GEMINI_JWKS_URL": ""})
+    head = read_head(Headers(headers_v1(OTHER_SECRET, BODY)))  # wrong secret: body decides
+    assert Verifier(settings, None).check_head(head) is None

@@ -17,14 +17,14 @@ from google.cloud.pubsub_v1 import PublisherClient
 from . import logs
 from .claim import FirestoreClaims
 from .config import Settings, load_settings
-from .deadline import Deadline
+from .deadline import REQUEST_BUDGET_SECONDS, Deadline
 from .errors import ConfigError
 from .http import handle
-from .jobs import FirestoreJobs, TerminalEvents, collection_from_env
+from .jobs import FirestoreJobs, collection_from_env
 from .jwks import KeySet
 from .publish import PubSubPublisher
 from .relay import Outcome, Relay
-from .verify import Delivery, Verifier
+from .verify import Delivery, Head, Verifier
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -57,16 +57,21 @@ class Pipeline:
         db = Lazy(lambda: firestore.Client(project=project))
         lease, ttl = settings.claim_lease_seconds, settings.dedup_ttl_hours
         claims = FirestoreClaims(db, settings.dedup_collection, lease, ttl)
-        jobs = TerminalEvents(FirestoreJobs(db, jobs_collection, lease, ttl))
+        jobs = FirestoreJobs(db, jobs_collection, lease, ttl, deliveries=settings.dedup_collection)
         self._relay = Relay(
             claims, PubSubPublisher(Lazy(PublisherClient), project), settings.routes, jobs
         )
 
+    def check_head(self, head: Head) -> str | None:
+        return self._verifier.check_head(head)
+
     def verify(self, delivery: Delivery) -> str:
         return self._verifier.verify(delivery)
 
-    def deliver(self, delivery: Delivery, scheme: str, deadline: Deadline) -> Outcome:
-        return self._relay.deliver(delivery, scheme, deadline)
+    def deliver(
+        self, delivery: Delivery, scheme: str, deadline: Deadline, traceparent: str | None = None
+    ) -> Outcome:
+        return self._relay.deliver(delivery, scheme, deadline, traceparent)
 
 
 def resolve_project(settings: Settings, env: Mapping[str, str]) -> str:
@@ -83,8 +88,12 @@ def resolve_project(settings: Settings, env: Mapping[str, str]) -> str:
     return str(project)
 
 
-def start(env: Mapping[str, str] | None = None) -> Callable[[flask.Request], flask.Response]:
-    """Load and check the configuration; exit with one log line naming the variable if bad."""
+def start(
+    env: Mapping[str, str] | None = None, budget_seconds: float = REQUEST_BUDGET_SECONDS
+) -> Callable[[flask.Request], flask.Response]:
+    """Load and check the configuration; exit with one log line naming the variable if bad.
+
+    `budget_seconds` is each request's time budget (shorter only in tests of it)."""
     env = os.environ if env is None else env
     logs.configure()
     try:
@@ -102,7 +111,7 @@ def start(env: Mapping[str, str] | None = None) -> Callable[[flask.Request], fla
         schemes=_schemes(settings),
         project=pipeline.project,
     )
-    return lambda request: handle(request, pipeline)
+    return lambda request: handle(request, pipeline, budget_seconds)
 
 
 def _schemes(settings: Settings) -> list[str]:
@@ -113,4 +122,6 @@ def _schemes(settings: Settings) -> list[str]:
         schemes.append("ed25519")
     if settings.jwks_url and settings.jwt_audiences:
         schemes.append("jwt")
+    if settings.dynamic_webhooks:
+        schemes.append("keyset-ed25519")
     return schemes

@@ -6,12 +6,13 @@ States of the record, and what a request that finds it does:
   claimed, lease past       that request died or gave up (released): take it over, attempts + 1
   published                 already done: 200 `duplicate`
 
-The first step is a plain `create` (a single atomic write that fails if the record exists),
-not a read-then-write transaction: on a burst of identical retries, transactions on one
-document serialize behind each other's locks. For 20 at once on the emulator, the slowest took
-2 to 10 s and up to 57 in 100 gave up after 5 attempts; create-first took at most 0.05 s
-(bench/results.md, row 6). The transaction runs only to take over a released or expired
-claim, a rare path.
+The first step is a plain create (a single atomic commit that fails if the record exists;
+a terminal event's job record, jobs.py, is created in the same commit, so a new terminal
+delivery costs what any delivery costs), not a read-then-write transaction: on a burst of
+identical retries, transactions on one document serialize behind each other's locks. For 20
+at once on the emulator, the slowest took 2 to 10 s and up to 57 in 100 gave up after 5
+attempts; create-first took at most 0.05 s (bench/results.md, row 6). The transaction runs
+only to take over a released or expired claim, a rare path.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from google.cloud import firestore
 
 from .deadline import Deadline
 from .errors import Unavailable
+from .stored import capped, capped_or_none
 
 TTL_FIELD = "expire_at"
 CLAIMED, PUBLISHED = "claimed", "published"
@@ -44,10 +46,26 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class Companion:
+    """Another record written in the same commit as a delivery record: created with a new
+    claim (`token` None), or updated with its `published` mark only if unchanged since
+    `token`. `owner` tells our own landed write from another request's."""
+
+    ref: Any  # firestore.DocumentReference
+    fields: dict[str, Any]
+    owner: str
+    token: Any = None
+
+
+@dataclass(frozen=True)
 class Claimed:
     webhook_id: str
     attempts: int
     token: Any  # the record's update time after our claim: release only what is still ours
+    owner: str = ""
+    # The companion's update time when it was created in the claim's own commit; None when
+    # it was not (the caller then claims it on its own).
+    companion_token: Any = None
 
 
 @dataclass(frozen=True)
@@ -66,15 +84,28 @@ ClaimResult = Claimed | Duplicate | InFlight
 
 class Claims(Protocol):
     def claim(
-        self, webhook_id: str, event_type: str, subject: str | None, deadline: Deadline
+        self,
+        webhook_id: str,
+        event_type: str,
+        subject: str | None,
+        deadline: Deadline,
+        owner: str | None = None,
+        companion: Companion | None = None,
     ) -> ClaimResult:
-        """Raises `Unavailable` if the store cannot answer within the deadline."""
+        """Raises `Unavailable` if the store cannot answer within the deadline. `companion`
+        is created in the same commit when neither record exists yet (else not at all)."""
 
     def mark_published(
-        self, claim: Claimed, topic: str | None, message_id: str | None, deadline: Deadline
+        self,
+        claim: Claimed,
+        topic: str | None,
+        message_id: str | None,
+        deadline: Deadline,
+        companion: Companion | None = None,
     ) -> None:
-        """Only while the claim is still ours. May raise; the event is already published,
-        so the caller only logs it."""
+        """Only while the claim is still ours (and `companion`'s record unchanged since its
+        token), in one commit. May raise; the event is already published, so the caller
+        only logs it: FailedPrecondition means the delivery's claim was lost."""
 
     def release(self, claim: Claimed, deadline: Deadline) -> None:
         """Best effort: if it fails, the lease expiring releases the claim anyway."""
@@ -103,43 +134,84 @@ class FirestoreClaims:
         self._workers = concurrent.futures.ThreadPoolExecutor(TAKEOVER_THREADS, "claim-takeover")
 
     def claim(
-        self, webhook_id: str, event_type: str, subject: str | None, deadline: Deadline
+        self,
+        webhook_id: str,
+        event_type: str,
+        subject: str | None,
+        deadline: Deadline,
+        owner: str | None = None,
+        companion: Companion | None = None,
     ) -> ClaimResult:
         ref = self._ref(webhook_id)
         now = self._now()
-        lease_until = now + self._lease
-        owner = uuid.uuid4().hex  # this request: tells our own landed create from another's
+        # This request's token: tells our own landed create from another's.
+        owner = owner or uuid.uuid4().hex
         record = {
             "webhook_id": webhook_id,
             "owner": owner,
             "state": CLAIMED,
-            "lease_until": lease_until,
+            "lease_until": now + self._lease,
             "attempts": 1,
-            "event_type": event_type,
-            "subject": subject,
+            "event_type": capped(event_type),
+            "subject": capped_or_none(subject),
             "topic": None,
             "message_id": None,
             "first_seen_at": now,
             "published_at": None,
             TTL_FIELD: now + self._ttl,
         }
-        try:
-            result = self._call(deadline, lambda options: ref.create(record, **options))
-            return Claimed(webhook_id, 1, result.update_time)
-        except api_exceptions.AlreadyExists:
-            pass
-        except Unavailable:
-            self._undo_uncertain_create(ref, owner, deadline)
-            raise
+        created = self._create(webhook_id, ref, record, companion, deadline)
+        if created is not None:
+            return created
         snapshot = self._call(deadline, lambda options: ref.get(**options))
+        if not snapshot.exists and companion is not None:
+            # It was the companion's record that exists (a watched or reconciled job): the
+            # delivery's record alone, and the caller claims the job on its own.
+            created = self._create(webhook_id, ref, record, None, deadline)
+            if created is not None:
+                return created
+            snapshot = self._call(deadline, lambda options: ref.get(**options))
         current = snapshot.to_dict() if snapshot.exists else None
         if current is not None and current.get("owner") == owner:
             # Our create landed but its answer was lost, and the retry found it.
-            return Claimed(webhook_id, 1, snapshot.update_time)
+            return Claimed(webhook_id, 1, snapshot.update_time, owner)
         found = _decide(webhook_id, current, now)
         if found is not None:
             return found
         return self._take_over(ref, record, deadline)
+
+    def _create(
+        self,
+        webhook_id: str,
+        ref: firestore.DocumentReference,
+        record: dict[str, Any],
+        companion: Companion | None,
+        deadline: Deadline,
+    ) -> Claimed | None:
+        """One atomic commit creating the record (and the companion's); None if either exists."""
+
+        def commit(options: dict[str, Any]) -> list[Any]:
+            if companion is None:
+                return [ref.create(record, **options)]
+            batch = self._client().batch()
+            batch.create(ref, record)
+            batch.create(companion.ref, companion.fields)
+            try:
+                return list(batch.commit(**options))
+            except api_exceptions.Aborted:
+                # The companion's record is locked by a transaction (a run claiming the
+                # job): it exists, or is about to. The caller claims it on its own.
+                raise _CompanionLocked from None
+
+        try:
+            results = self._call(deadline, commit)
+        except (api_exceptions.AlreadyExists, _CompanionLocked):
+            return None
+        except Unavailable:
+            self._undo_uncertain_create(ref, record["owner"], companion, deadline)
+            raise
+        companion_token = results[1].update_time if companion is not None else None
+        return Claimed(webhook_id, 1, results[0].update_time, record["owner"], companion_token)
 
     def _take_over(
         self, ref: firestore.DocumentReference, record: dict[str, Any], deadline: Deadline
@@ -180,7 +252,7 @@ class FirestoreClaims:
             if isinstance(result, Claimed):
                 written = transaction.write_results or []
                 token = written[0].update_time if written else None
-                result = Claimed(webhook_id, result.attempts, token)
+                result = Claimed(webhook_id, result.attempts, token, record["owner"])
             return result
 
         future = self._workers.submit(run)
@@ -194,25 +266,36 @@ class FirestoreClaims:
             raise Unavailable(f"Firestore failed ({type(exc).__name__})") from exc
 
     def _undo_uncertain_create(
-        self, ref: firestore.DocumentReference, owner: str, deadline: Deadline
+        self,
+        ref: firestore.DocumentReference,
+        owner: str,
+        companion: Companion | None,
+        deadline: Deadline,
     ) -> None:
         """A create that timed out may still have been written. Left alone, that claim would
-        answer Gemini's retries `in_flight` for a whole lease; release it if it is ours and
-        nobody wrote since."""
-        with contextlib.suppress(Exception):
-            snapshot = self._call(deadline, lambda options: ref.get(**options))
-            current = snapshot.to_dict() if snapshot.exists else None
-            if current and current.get("owner") == owner and current["attempts"] == 1:
-                option = self._client().write_option(last_update_time=snapshot.update_time)
-                self._call(
-                    deadline,
-                    lambda options: ref.update(
-                        {"lease_until": self._now()}, option=option, **options
-                    ),
-                )
+        answer Gemini's retries `in_flight` for a whole lease; release it (and the job claim
+        created with it) if it is ours and nobody wrote since."""
+        refs = [ref] + ([companion.ref] if companion is not None else [])
+        for each in refs:
+            with contextlib.suppress(Exception):
+                self._release_if_ours(each, owner, deadline)
+
+    def _release_if_ours(
+        self, ref: firestore.DocumentReference, owner: str, deadline: Deadline
+    ) -> None:
+        snapshot = self._call(deadline, lambda options: ref.get(**options))
+        current = snapshot.to_dict() if snapshot.exists else None
+        if current and current.get("owner") == owner and current.get("attempts", 1) == 1:
+            release = Companion(ref, {"lease_until": self._now()}, owner, snapshot.update_time)
+            write_if_ours(self._client(), [release], deadline)
 
     def mark_published(
-        self, claim: Claimed, topic: str | None, message_id: str | None, deadline: Deadline
+        self,
+        claim: Claimed,
+        topic: str | None,
+        message_id: str | None,
+        deadline: Deadline,
+        companion: Companion | None = None,
     ) -> None:
         now = self._now()
         fields = {
@@ -222,21 +305,38 @@ class FirestoreClaims:
             "published_at": now,
             TTL_FIELD: now + self._ttl,
         }
-        ref = self._ref(claim.webhook_id)
         # Only over our own claim: a request whose lease ran out must not overwrite the record
         # of the one that took over (FailedPrecondition reaches the caller).
-        option = self._client().write_option(last_update_time=claim.token)
-        self._call(deadline, lambda options: ref.update(fields, option=option, **options))
+        mine = Companion(self._ref(claim.webhook_id), fields, claim.owner, claim.token)
+        client = self._client()
+        if companion is None:
+            write_if_ours(client, [mine], deadline)
+            return
+        try:
+            write_if_ours(client, [mine, companion], deadline)
+            return
+        except api_exceptions.FailedPrecondition:
+            pass
+        # One of the two records moved on since our claim: each on its own, so the one still
+        # ours is marked, and the caller hears about the delivery's.
+        try:
+            write_if_ours(client, [companion], deadline)
+        except Exception as exc:
+            log.error(
+                "job record not marked published (%s): its claim was taken over while this "
+                "request published, so the job's event may be published twice",
+                type(exc).__name__,
+                extra={"webhook_id": claim.webhook_id, "status": "published_twice"},
+            )
+        write_if_ours(client, [mine], deadline)
 
     def release(self, claim: Claimed, deadline: Deadline) -> None:
-        ref = self._ref(claim.webhook_id)
-        option = self._client().write_option(last_update_time=claim.token)
+        release = Companion(
+            self._ref(claim.webhook_id), {"lease_until": self._now()}, claim.owner, claim.token
+        )
         # FailedPrecondition: someone took the claim over since; theirs to release, not ours.
         with contextlib.suppress(api_exceptions.FailedPrecondition):
-            self._call(
-                deadline,
-                lambda options: ref.update({"lease_until": self._now()}, option=option, **options),
-            )
+            write_if_ours(self._client(), [release], deadline)
 
     def _ref(self, webhook_id: str) -> firestore.DocumentReference:
         return self._client().collection(self._collection).document(document_id(webhook_id))
@@ -265,6 +365,52 @@ def firestore_call(
         raise
     except api_exceptions.GoogleAPIError as exc:
         raise Unavailable(f"Firestore failed ({type(exc).__name__})") from exc
+
+
+class _CompanionLocked(Exception):
+    """A create with a companion met a transaction's lock on the companion's record."""
+
+
+def write_if_ours(
+    client: firestore.Client,
+    writes: list[Companion],
+    deadline: Deadline,
+    cap: float = CALL_SECONDS,
+) -> None:
+    """Updates every record in one commit, each only if unchanged since its token.
+
+    FailedPrecondition reaches the caller, except when the commit did land and only its
+    answer was lost (the retry then finds the records changed, by us): every record read
+    back carries our owner and the values written, so it counts as done."""
+
+    def commit(options: dict[str, Any]) -> Any:
+        if len(writes) == 1:
+            write = writes[0]
+            option = client.write_option(last_update_time=write.token)
+            return write.ref.update(write.fields, option=option, **options)
+        batch = client.batch()
+        for write in writes:
+            batch.update(write.ref, write.fields, client.write_option(last_update_time=write.token))
+        return batch.commit(**options)
+
+    try:
+        firestore_call(deadline, commit, cap)
+    except api_exceptions.FailedPrecondition:
+        if not all(_landed(write, deadline, cap) for write in writes):
+            raise
+
+
+def _landed(write: Companion, deadline: Deadline, cap: float) -> bool:
+    checked = [name for name in ("state", "message_id") if name in write.fields]
+    if not checked:
+        return False
+    snapshot = firestore_call(deadline, lambda options: write.ref.get(**options), cap)
+    current = snapshot.to_dict() if snapshot.exists else None
+    return (
+        current is not None
+        and current.get("owner") == write.owner
+        and all(current.get(name) == write.fields[name] for name in checked)
+    )
 
 
 class BoundedTransaction(firestore.Transaction):

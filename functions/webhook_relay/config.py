@@ -34,6 +34,7 @@ ENVIRONMENT = (
     "GEMINI_JWKS_URL",
     "GEMINI_JWT_AUDIENCE",
     "GEMINI_JWT_ISSUERS",
+    "GEMINI_DYNAMIC_WEBHOOKS",
     "WEBHOOK_TOLERANCE_SECONDS",
     "WEBHOOK_MAX_BODY_BYTES",
     "GOOGLE_CLOUD_PROJECT",
@@ -98,6 +99,8 @@ class Settings:
     dedup_ttl_hours: int
     claim_lease_seconds: int
     warnings: tuple[str, ...] = field(default=())
+    # `v1a` entries are also checked against the key set's Ed25519 keys (per-request webhooks).
+    dynamic_webhooks: bool = False
 
     @property
     def any_audience(self) -> bool:
@@ -126,11 +129,18 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             "GEMINI_JWT_AUDIENCE is '*': any audience is accepted, so a token Google issued "
             "for another endpoint would be accepted here too."
         )
-    if not (secrets.current() or public_keys or (jwks_url and audiences)):
+    dynamic = _flag(env, "GEMINI_DYNAMIC_WEBHOOKS")
+    if dynamic and not jwks_url:
+        raise ConfigError(
+            "GEMINI_DYNAMIC_WEBHOOKS",
+            "is true but GEMINI_JWKS_URL is empty: no key set to verify with",
+        )
+    if not (secrets.current() or public_keys or (jwks_url and audiences) or dynamic):
         raise ConfigError(
             "WEBHOOK_SIGNING_SECRETS",
             "no verification method: set WEBHOOK_SIGNING_SECRETS, WEBHOOK_SIGNING_SECRETS_FILE, "
-            "WEBHOOK_PUBLIC_KEYS, or GEMINI_JWT_AUDIENCE (with GEMINI_JWKS_URL)",
+            "WEBHOOK_PUBLIC_KEYS, GEMINI_DYNAMIC_WEBHOOKS=true, or GEMINI_JWT_AUDIENCE "
+            "(with GEMINI_JWKS_URL)",
         )
 
     prefix = env.get("RELAY_TOPIC_PREFIX", DEFAULT_TOPIC_PREFIX)
@@ -165,7 +175,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             env, "RELAY_CLAIM_LEASE_SECONDS", 30, MIN_CLAIM_LEASE_SECONDS, 3_600
         ),
         warnings=tuple(warnings),
+        dynamic_webhooks=dynamic,
     )
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower() or "false"
+    if raw not in ("true", "false"):
+        raise ConfigError(name, "must be true or false")
+    return raw == "true"
 
 
 def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:

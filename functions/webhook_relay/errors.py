@@ -35,10 +35,17 @@ class BadRequest(RelayError):
 
 
 class Unauthorized(RelayError):
-    """Not provably from a holder of a configured secret or key."""
+    """Not provably from a holder of a configured secret or key.
+
+    `hint` goes to the log line only (never the answer): what the operator can change.
+    """
 
     http_status = 401
     status = "unauthorized"
+
+    def __init__(self, detail: str, hint: str | None = None) -> None:
+        super().__init__(detail)
+        self.hint = hint
 
 
 class TooLarge(RelayError):

@@ -1,12 +1,16 @@
 """One terminal event per job: a Firestore record per job, claimed by whichever path publishes.
 
 Both the webhook path (a delivered terminal event) and `reconcile` (a job the API shows
-terminal whose event never came) claim the job's record in a transaction before publishing:
+terminal whose event never came) claim the job's record before publishing:
 
-  absent, `watching`, or `claimed` with a lease past (or by this same owner)
+  absent                    take it: a delivery creates it in the same commit as its delivery
+                            record (claim.py), a run in a transaction
+  `watching`, or `claimed` by this same owner token (a commit whose answer was lost)
                             take it: `claimed` by this owner with a lease, then publish
-  `claimed`, lease live     another path is publishing: the delivery is 409 `in_flight`,
-                            the reconciler skips the job until its next run
+  `claimed`, lease live     another request or run is publishing (a retry of the same delivery
+                            too): the delivery is 409 `in_flight`, the run skips the job
+  `claimed`, lease past     if the claiming delivery's own record says published, the event is
+                            out: mark the job published with it; otherwise take it over
   `published`               done: the delivery is `duplicate`, the reconciler counts it delivered
 
 A job is its kind and id, the id being the last segment of its resource name, so a delivery's
@@ -22,6 +26,7 @@ import hashlib
 import logging
 import math
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -33,17 +38,19 @@ from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from .claim import firestore_call
+from .claim import Companion, document_id, firestore_call, write_if_ours
 from .deadline import Deadline
 from .errors import ConfigError, Unavailable
-from .normalize import KINDS, NON_TERMINAL, Event
+from .normalize import Event
+from .stored import capped, capped_or_none
 
 log = logging.getLogger(__name__)
 DEFAULT_COLLECTION = "gemini_jobs"
 WATCHING, CLAIMED, PUBLISHED = "watching", "claimed", "published"
 TTL_FIELD = "expire_at"
 CALL_SECONDS = 2.5  # cap per Firestore call, as for delivery records (claim.py)
-CLAIM_WORKERS = 40
+CLAIM_WORKERS = 16
+CONTENDED_RETRY_SECONDS = 5
 
 
 def collection_from_env(env: Mapping[str, str]) -> str:
@@ -89,16 +96,31 @@ def key_for_name(name: str) -> JobKey:
     return JobKey(kind_of_name(name), job_id_of(name.strip()))
 
 
+# The delivered types that settle a job: exactly the catalog's terminal events. Any other type,
+# a new one in a known family included (say `batch.running`), is published per `webhook-id`
+# and never settles a job: were it to, the real terminal event after it would be answered
+# `duplicate` and lost. `reconcile`'s own synthesized types settle the job on its side.
+SETTLING_TYPES = frozenset(
+    {
+        "batch.succeeded",
+        "batch.failed",
+        "batch.expired",
+        "batch.cancelled",
+        "interaction.completed",
+        "interaction.failed",
+        "interaction.cancelled",
+        "video.generated",
+    }
+)
+
+
 def key_for_event(event: Event) -> JobKey | None:
-    """The job whose terminal event this delivery is; None for anything else (non-terminal,
-    quarantined, `relay.*`, pings, unknown kinds, no id), which then costs no job-record call."""
-    if event.quarantined or event.subject is None:
-        return None
-    data = event.cloudevent.get("data") or {}
-    if data.get("kind") not in KINDS or data.get("terminal") is not True:
+    """The job whose terminal event this delivery is; None for anything else (other types,
+    quarantined, `relay.*`, pings, no id), which then costs no job-record call."""
+    if event.quarantined or event.subject is None or event.type not in SETTLING_TYPES:
         return None
     job_id = job_id_of(event.subject)
-    return JobKey(data["kind"], job_id) if job_id else None
+    return JobKey(event.type.partition(".")[0], job_id) if job_id else None
 
 
 @dataclass(frozen=True)
@@ -106,6 +128,7 @@ class JobClaimed:
     key: JobKey
     owner: str
     token: Any  # the record's update time after our claim: write only while it is still ours
+    lease_until: datetime  # no path publishes unless this still covers its publish and write
 
 
 @dataclass(frozen=True)
@@ -126,24 +149,43 @@ JobClaimResult = JobClaimed | JobPublished | JobInFlight
 
 
 class JobGate(Protocol):
-    """What the webhook path needs: claim a job's terminal event, then publish or let go."""
+    """What the webhook path needs: claim a job's terminal event, then publish or let go.
+
+    The common path costs no call of its own: `new_claim` is created in the same commit as the
+    delivery's record, and `published_write` lands in the same commit as its `published`
+    mark (claim.py). `claim` is the fallback when that create finds the job's record."""
+
+    def new_claim(
+        self, key: JobKey, owner: str, webhook_id: str, event_type: str, name: str
+    ) -> tuple[Companion, datetime]:
+        """The record that claims the job for `owner`, to create, and its lease."""
+
+    def claimed(self, key: JobKey, owner: str, token: Any, lease_until: datetime) -> JobClaimed:
+        """The claim `new_claim` made, once its commit landed."""
 
     def claim(
-        self, key: JobKey, owner: str, event_type: str, name: str | None, deadline: Deadline
+        self,
+        key: JobKey,
+        owner: str,
+        event_type: str,
+        name: str | None,
+        deadline: Deadline,
+        webhook_id: str | None = None,
     ) -> JobClaimResult:
         """Raises `Unavailable` if the store cannot answer within the deadline."""
 
-    def mark_published(
-        self, claim: JobClaimed, topic: str, message_id: str, deadline: Deadline
-    ) -> None:
-        """Preconditioned on the claim still being ours; may raise (the caller logs it)."""
+    def published_write(self, claim: JobClaimed, topic: str, message_id: str) -> Companion:
+        """The `published` mark, preconditioned on the claim still being ours."""
 
     def release(self, claim: JobClaimed, deadline: Deadline) -> None:
         """Best effort: the lease ending releases it anyway."""
 
 
 class FirestoreJobs:
-    """Job records in `collection`; every call bounded by the caller's deadline."""
+    """Job records in `collection`; every call bounded by the caller's deadline.
+
+    `deliveries` (the delivery records' collection) lets a take-over see that the delivery
+    which claimed a job did publish, though its job record still says `claimed`."""
 
     def __init__(
         self,
@@ -153,54 +195,78 @@ class FirestoreJobs:
         ttl_hours: int,
         clock: Callable[[], float] = time.time,
         call_seconds: float = CALL_SECONDS,
+        deliveries: str | None = None,
     ) -> None:
         self._client = client
         self._collection = collection
+        self._deliveries = deliveries
         # A request's budget is tight (10 s in all); a scheduled run can afford to wait longer
         # on a slow or contended transaction rather than give up and leave a claim behind.
         self._call_seconds = call_seconds
         self._lease = timedelta(seconds=lease_seconds)
         self._ttl = timedelta(hours=ttl_hours)
         self._clock = clock
-        # Transactions take no timeout for begin/commit; a worker thread bounds the wait. Every
-        # terminal delivery claims here, so as many workers as an instance serves requests
-        # (THREADS, 40 in infra/), or claims would queue behind each other under load.
+        # Transactions take no timeout for begin/commit; a worker thread bounds the wait. Only
+        # deliveries that find their job's record claim here (the common path creates it with
+        # the delivery record), but a burst of those must not queue behind each other.
         self._workers = concurrent.futures.ThreadPoolExecutor(CLAIM_WORKERS, "job-claim")
 
     # --- both paths --------------------------------------------------------------------------
 
+    def new_claim(
+        self, key: JobKey, owner: str, webhook_id: str, event_type: str, name: str
+    ) -> tuple[Companion, datetime]:
+        now = self._now()
+        fields = self._claim_fields(key, owner, event_type, webhook_id, now)
+        fields |= {"name": capped(name), "first_seen_at": now, CHECKED_FIELD: now}
+        return Companion(self._ref(key), fields, owner), fields["lease_until"]
+
+    def claimed(self, key: JobKey, owner: str, token: Any, lease_until: datetime) -> JobClaimed:
+        return JobClaimed(key, owner, token, lease_until)
+
     def claim(
-        self, key: JobKey, owner: str, event_type: str, name: str | None, deadline: Deadline
+        self,
+        key: JobKey,
+        owner: str,
+        event_type: str,
+        name: str | None,
+        deadline: Deadline,
+        webhook_id: str | None = None,
     ) -> JobClaimResult:
+        """In a transaction. `owner` is this request's (or this run's attempt's) own token:
+        a record carrying it is ours (a write that landed though its answer was lost); a live
+        claim of anyone else, a retry of the same delivery included, waits for its lease."""
         ref = self._ref(key)
+        # Set when the caller stops waiting: the library may still run (or re-run, after a
+        # contended commit) this transaction, which must then write nothing, or it would take
+        # the claim back from the retry that holds it by then.
+        abandoned = threading.Event()
 
         @firestore.transactional
         def take(transaction: firestore.Transaction) -> JobClaimResult:
-            snapshot = ref.get(
-                transaction=transaction, timeout=deadline.timeout(self._call_seconds)
-            )
+            timeout = deadline.timeout(self._call_seconds)
+            snapshot = ref.get(transaction=transaction, timeout=timeout)
             current = snapshot.to_dict() if snapshot.exists else None
             now = self._now()
             found = _decide(key, owner, current, now)
+            if found is None and current is not None:
+                found = self._adopt_published_delivery(key, current, transaction, ref, timeout)
             if found is not None:
                 return found
-            fields = {
-                "kind": key.kind,
-                "job_id": key.job_id,
-                "state": CLAIMED,
-                "owner": owner,
-                "lease_until": now + self._lease,
-                "event_type": event_type,
-                "claimed_at": now,
-                TTL_FIELD: now + self._ttl,
-            }
+            if abandoned.is_set():
+                raise _Abandoned
+            fields = self._claim_fields(key, owner, event_type, webhook_id, now)
             if current is None:
-                transaction.create(ref, fields | {"name": name, "first_seen_at": now})
+                transaction.create(
+                    ref,
+                    fields
+                    | {"name": capped_or_none(name), "first_seen_at": now, CHECKED_FIELD: now},
+                )
             else:
                 if name and not current.get("name"):
-                    fields["name"] = name
+                    fields["name"] = capped(name)
                 transaction.update(ref, fields)
-            return JobClaimed(key, owner, None)
+            return JobClaimed(key, owner, None, fields["lease_until"])
 
         def run() -> JobClaimResult:
             # The library's own transaction: begin and commit wait on a contended lock (a
@@ -209,14 +275,29 @@ class FirestoreJobs:
             result: JobClaimResult = take(transaction)
             if isinstance(result, JobClaimed):
                 written = transaction.write_results or []
-                result = JobClaimed(key, owner, written[0].update_time if written else None)
+                token = written[0].update_time if written else None
+                result = JobClaimed(key, owner, token, result.lease_until)
+                if abandoned.is_set():
+                    # The commit was under way when the caller gave up (answered 503): free
+                    # the claim now rather than make Gemini's retry wait for its lease.
+                    self.release(result, Deadline(self._call_seconds))
             return result
 
-        return self._bounded(run, deadline)
+        future = self._workers.submit(run)
+        try:
+            return future.result(timeout=deadline.timeout(2 * self._call_seconds))
+        except Unavailable:
+            raise
+        except concurrent.futures.TimeoutError:
+            # Waiting on the record's lock: another request's or a run's transaction holds
+            # it (a Firestore that does not answer at all fails the caller's calls before
+            # this one). The loser of that race is told to come back, like any live claim.
+            abandoned.set()
+            return JobInFlight(key, CONTENDED_RETRY_SECONDS)
+        except Exception as exc:
+            raise Unavailable(f"Firestore failed ({type(exc).__name__})") from exc
 
-    def mark_published(
-        self, claim: JobClaimed, topic: str, message_id: str, deadline: Deadline
-    ) -> None:
+    def published_write(self, claim: JobClaimed, topic: str, message_id: str) -> Companion:
         now = self._now()
         fields = {
             "state": PUBLISHED,
@@ -225,12 +306,75 @@ class FirestoreJobs:
             "published_at": now,
             TTL_FIELD: now + self._ttl,
         }
-        self._write_if_ours(claim, fields, deadline)
+        return Companion(self._ref(claim.key), fields, claim.owner, claim.token)
+
+    def mark_published(
+        self, claim: JobClaimed, topic: str, message_id: str, deadline: Deadline
+    ) -> None:
+        """Marks the claim published, only while it is still ours. A write that landed but
+        whose answer was lost (retried into FailedPrecondition) counts as done."""
+        write_if_ours(
+            self._client(),
+            [self.published_write(claim, topic, message_id)],
+            deadline,
+            self._call_seconds,
+        )
 
     def release(self, claim: JobClaimed, deadline: Deadline) -> None:
         # FailedPrecondition: someone took the claim over since; theirs to release, not ours.
+        write = Companion(
+            self._ref(claim.key), {"lease_until": self._now()}, claim.owner, claim.token
+        )
         with contextlib.suppress(api_exceptions.FailedPrecondition):
-            self._write_if_ours(claim, {"lease_until": self._now()}, deadline)
+            write_if_ours(self._client(), [write], deadline, self._call_seconds)
+
+    def _claim_fields(
+        self, key: JobKey, owner: str, event_type: str, webhook_id: str | None, now: datetime
+    ) -> dict[str, Any]:
+        return {
+            "kind": key.kind,
+            "job_id": capped(key.job_id),
+            "state": CLAIMED,
+            "owner": owner,
+            "webhook_id": capped_or_none(webhook_id),
+            "lease_until": now + self._lease,
+            "event_type": capped(event_type),
+            "claimed_at": now,
+            TTL_FIELD: now + self._ttl,
+        }
+
+    def _adopt_published_delivery(
+        self,
+        key: JobKey,
+        current: dict[str, Any],
+        transaction: firestore.Transaction,
+        ref: firestore.DocumentReference,
+        timeout: float,
+    ) -> JobPublished | None:
+        """A job record left `claimed` past its lease by a delivery whose own record says it
+        published (the job's `published` write failed, or the process died between the two
+        commits of the fallback path): the event is out, so the job is marked published with
+        that delivery's message, inside this transaction, instead of being taken over."""
+        webhook_id = current.get("webhook_id")
+        if self._deliveries is None or current.get("state") != CLAIMED or not webhook_id:
+            return None
+        delivery_ref = self._client().collection(self._deliveries).document(document_id(webhook_id))
+        delivered = delivery_ref.get(transaction=transaction, timeout=timeout).to_dict() or {}
+        if delivered.get("state") != PUBLISHED or delivered.get("event_type") not in SETTLING_TYPES:
+            return None
+        now = self._now()
+        fields = {
+            "state": PUBLISHED,
+            "event_type": delivered.get("event_type"),
+            "topic": delivered.get("topic"),
+            "message_id": delivered.get("message_id"),
+            "published_at": delivered.get("published_at") or now,
+            TTL_FIELD: now + self._ttl,
+        }
+        transaction.update(ref, fields)
+        return JobPublished(
+            key, delivered.get("event_type"), delivered.get("topic"), delivered.get("message_id")
+        )
 
     # --- the reconciler and `watch` ---------------------------------------------------------------
 
@@ -239,11 +383,13 @@ class FirestoreJobs:
         now = self._now()
         record = {
             "kind": key.kind,
-            "job_id": key.job_id,
-            "name": name,
+            "job_id": capped(key.job_id),
+            "name": capped(name),
             "state": WATCHING,
             "watched_at": now,
             "first_seen_at": now,
+            # Every watched record has one: the run's ordered query skips a record without it.
+            CHECKED_FIELD: now,
             TTL_FIELD: now + self._ttl,
         }
         ref = self._ref(key)
@@ -268,24 +414,86 @@ class FirestoreJobs:
             if snapshot.exists
         }
 
-    def unfinished(self, limit: int, deadline: Deadline) -> list[dict[str, Any]]:
-        """Watched jobs whose terminal event is not published yet (a claim may have died)."""
+    def unfinished(self, limit: int, deadline: Deadline) -> list[Watched]:
+        """Jobs not published yet (watched, or claimed by a path that may have died), the least
+        recently checked first. The query, with its composite index (state, checked_at) in
+        infra/: where state in [watching, claimed] order by checked_at ascending limit `limit`."""
         query = (
             self._collection_ref()
             .where(filter=FieldFilter("state", "in", [WATCHING, CLAIMED]))
+            .order_by(CHECKED_FIELD)
             .limit(limit)
         )
         snapshots = self._call(deadline, lambda options: list(query.stream(**options)))
-        return [snapshot.to_dict() or {} for snapshot in snapshots]
+        return [Watched(s.id, s.to_dict() or {}, s.update_time) for s in snapshots]
+
+    def backfill_checked(self, page: int, deadline: Deadline) -> int:
+        """Give `checked_at` to unfinished records without one (older than the field, or
+        created by a path that does not set it), which the ordered query above would never
+        return: one page per call, in document order, from where the last call stopped (kept
+        in a record of its own), wrapping round. They get the oldest possible time, so the
+        next check takes them first. Returns how many were given one."""
+        marker = self._collection_ref().document(SCAN_DOCUMENT)
+        found = self._call(deadline, lambda options: marker.get(**options)).to_dict() or {}
+        query = (
+            self._collection_ref()
+            .where(filter=FieldFilter("state", "in", [WATCHING, CLAIMED]))
+            .order_by("__name__")
+            .limit(page)
+        )
+        cursor = found.get("cursor")
+        if isinstance(cursor, str) and cursor:
+            query = query.start_after({"__name__": cursor})
+        snapshots = self._call(deadline, lambda options: list(query.stream(**options)))
+        given, now = 0, self._now()
+        for snapshot in snapshots:
+            record = snapshot.to_dict() or {}
+            if CHECKED_FIELD in record or _held(record, now):
+                continue  # a live claim is its holder's to write (its token): the next pass
+            ref, read = snapshot.reference, snapshot.update_time
+            given += self._update_as_read(ref, {CHECKED_FIELD: NEVER}, read, deadline)
+        end = snapshots[-1].id if len(snapshots) == page else None  # the end: start over
+        self._call(
+            deadline,
+            lambda options: marker.set({"cursor": end, "scanned_at": self._now()}, **options),
+        )
+        return given
+
+    def checked(self, watched: Watched, deadline: Deadline) -> bool:
+        """Note that a run checked this job now, and keep its record as long again: a job
+        still running must not lose its record to the TTL. Only if the record is as the run
+        read it (False otherwise): a claim written since is its owner's to write."""
+        now = self._now()
+        ref = self._collection_ref().document(watched.document_id)
+        fields = {CHECKED_FIELD: now, TTL_FIELD: now + self._ttl}
+        return self._update_as_read(ref, fields, watched.update_time, deadline)
+
+    def _update_as_read(
+        self,
+        ref: firestore.DocumentReference,
+        fields: dict[str, Any],
+        update_time: Any,
+        deadline: Deadline,
+    ) -> bool:
+        """Update a record only if it is still as read (False if not, or gone): a claim
+        written since carries its holder's token, which a write of ours would invalidate."""
+        option = self._client().write_option(last_update_time=update_time)
+        try:
+            self._call(deadline, lambda options: ref.update(fields, option=option, **options))
+        except (api_exceptions.FailedPrecondition, api_exceptions.NotFound):
+            return False
+        return True
 
     def adopt_delivery(self, key: JobKey, name: str, deliveries: str, deadline: Deadline) -> bool:
         """Whether a delivery record (collection `deliveries`) shows this job's terminal event
         published with no job record: deliveries from before job records existed. If so, the
         job's record is written `published`, once, so no run publishes the event again."""
+        # Delivery records keep the subject as `stored.capped` left it.
+        subjects = list(dict.fromkeys([capped(name), capped(key.job_id)]))
         query = (
             self._client()
             .collection(deliveries)
-            .where(filter=FieldFilter("subject", "in", list(dict.fromkeys([name, key.job_id]))))
+            .where(filter=FieldFilter("subject", "in", subjects))
             .limit(10)
         )
         found = self._call(deadline, lambda options: list(query.stream(**options)))
@@ -300,8 +508,8 @@ class FirestoreJobs:
         record, now = delivered[0], self._now()
         adopted = {
             "kind": key.kind,
-            "job_id": key.job_id,
-            "name": name,
+            "job_id": capped(key.job_id),
+            "name": capped(name),
             "state": PUBLISHED,
             "event_type": record.get("event_type"),
             "topic": record.get("topic"),
@@ -331,11 +539,12 @@ class FirestoreJobs:
         ref = self._ref(key)
         record = {
             "kind": key.kind,
-            "job_id": key.job_id,
-            "name": name,
+            "job_id": capped(key.job_id),
+            "name": capped(name),
             "state": WATCHING,
             "first_seen_at": now,
             "terminal_seen_at": now,
+            CHECKED_FIELD: now,
             TTL_FIELD: now + self._ttl,
         }
         try:
@@ -357,22 +566,6 @@ class FirestoreJobs:
 
     # --- plumbing -------------------------------------------------------------------------------
 
-    def _write_if_ours(self, claim: JobClaimed, fields: dict[str, Any], deadline: Deadline) -> None:
-        ref = self._ref(claim.key)
-        option = self._client().write_option(last_update_time=claim.token)
-        self._call(deadline, lambda options: ref.update(fields, option=option, **options))
-
-    def _bounded(self, run: Callable[[], JobClaimResult], deadline: Deadline) -> JobClaimResult:
-        future = self._workers.submit(run)
-        try:
-            return future.result(timeout=deadline.timeout(2 * self._call_seconds))
-        except Unavailable:
-            raise
-        except concurrent.futures.TimeoutError:
-            raise Unavailable("Firestore did not answer in time") from None
-        except Exception as exc:
-            raise Unavailable(f"Firestore failed ({type(exc).__name__})") from exc
-
     def _collection_ref(self) -> firestore.CollectionReference:
         return self._client().collection(self._collection)
 
@@ -391,8 +584,12 @@ def _run_aggregation(aggregation: Any, options: dict[str, Any]) -> Any:
 
 
 def _terminal_of(key: JobKey, event_type: Any) -> bool:
-    kind, _, outcome = str(event_type or "").partition(".")
-    return kind == key.kind and bool(outcome) and outcome not in NON_TERMINAL
+    """Whether a delivered type is this job's terminal event (only the catalog's settle)."""
+    return event_type in SETTLING_TYPES and str(event_type).partition(".")[0] == key.kind
+
+
+class _Abandoned(Exception):
+    """The caller stopped waiting for this claim: write nothing."""
 
 
 def _decide(
@@ -407,8 +604,7 @@ def _decide(
             key, record.get("event_type"), record.get("topic"), record.get("message_id")
         )
     if state != CLAIMED or record.get("owner") == owner:
-        # Our own earlier attempt holds it only if its delivery claim died too (the delivery
-        # claim is taken first and dedups by webhook-id): take it back.
+        # Watched, or our own claim (its commit landed though its answer was lost).
         return None
     lease_until = record.get("lease_until")
     if isinstance(lease_until, datetime) and lease_until > now:
@@ -416,43 +612,24 @@ def _decide(
     return None
 
 
-class TerminalEvents:
-    """The webhook path's side of the job record, for `Relay`: only a delivered terminal event
-    of a known kind costs a call; everything else gets None without one."""
+# --- the reconciler's side: its fields and what its queries return -------------------------------
 
-    def __init__(self, gate: JobGate) -> None:
-        self._gate = gate
+CHECKED_FIELD = "checked_at"  # when a run last checked an unfinished job: the watch list's order
+SCAN_DOCUMENT = "_reconcile_scan"  # no job's: where the `checked_at` backfill's scan stands
+NEVER = datetime(1970, 1, 1, tzinfo=UTC)
 
-    def claim(self, event: Event, webhook_id: str, deadline: Deadline) -> JobClaimResult | None:
-        key = key_for_event(event)
-        if key is None:
-            return None
-        return self._gate.claim(key, webhook_id, event.type, event.subject, deadline)
 
-    def published(
-        self, claim: JobClaimResult | None, topic: str, message_id: str, deadline: Deadline
-    ) -> None:
-        """`deadline`: the budget the relay keeps for its record writes after a publish."""
-        if not isinstance(claim, JobClaimed):
-            return
-        try:
-            self._gate.mark_published(claim, topic, message_id, deadline)
-        except Exception as exc:  # published is published: the answer stays 2xx
-            log.error(
-                "event published but its job record was not updated (%s); the reconciler may "
-                "publish the job's event again after the lease",
-                type(exc).__name__,
-                extra={"job_id": claim.key.job_id, "message_id": message_id},
-            )
+@dataclass(frozen=True)
+class Watched:
+    """An unfinished job's record as a run read it; `update_time` guards the run's writes."""
 
-    def release(self, claim: JobClaimResult | None, deadline: Deadline) -> None:
-        if not isinstance(claim, JobClaimed):
-            return
-        try:
-            self._gate.release(claim, deadline)
-        except Exception as exc:
-            log.warning(
-                "job claim not released (%s); it frees itself when its lease ends",
-                type(exc).__name__,
-                extra={"job_id": claim.key.job_id},
-            )
+    document_id: str
+    record: dict[str, Any]
+    update_time: Any
+
+
+def _held(record: dict[str, Any], now: datetime) -> bool:
+    """A claim whose lease is live: no one but its holder may write the record (the holder's
+    `published` write is preconditioned on the record being as its claim left it)."""
+    lease = record.get("lease_until")
+    return record.get("state") == CLAIMED and isinstance(lease, datetime) and lease > now

@@ -1,4 +1,7 @@
-"""The JWKS that signs per-request (JWT) deliveries, cached per instance.
+"""The key set that signs per-request (dynamic) deliveries, cached per instance.
+
+It holds two kinds of keys, kept apart: RSA keys (by `kid`) verify RS256 JWTs, Ed25519 keys
+(JWK `kty` `OKP`) verify Standard Webhooks `v1a` entries. Neither ever verifies the other form.
 
 Google's samples fetch the key set on every request; that puts a network round trip and a
 third party's availability on every delivery. Here the set is fetched once, kept, refreshed
@@ -16,9 +19,11 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from .errors import Unauthorized, Unavailable
@@ -27,6 +32,8 @@ FETCH_TIMEOUT_SECONDS = 3.0
 REFRESH_INTERVAL_SECONDS = 30.0
 MAX_AGE_SECONDS = 3600.0
 MAX_KEY_SET_BYTES = 512 * 1024
+# A `v1a` entry names no key, so each is tried: the bound on that work (Google publishes 3).
+MAX_ED25519_KEYS = 8
 
 log = logging.getLogger(__name__)
 
@@ -95,27 +102,56 @@ class _Fetch:
         return None if self.error is None else Unavailable(self.error)
 
 
-def parse_key_set(raw: bytes) -> dict[str, RSAPublicKey]:
-    """RSA signing keys by `kid`; keys of other types or algorithms are ignored, not fatal."""
+@dataclass(frozen=True)
+class Keys:
+    rsa: Mapping[str, RSAPublicKey] = field(default_factory=dict)  # by `kid`, for RS256 JWTs
+    ed25519: tuple[Ed25519PublicKey, ...] = ()  # for `v1a` entries; at most MAX_ED25519_KEYS
+
+
+def parse_key_set(raw: bytes) -> Keys:
+    """RSA signing keys by `kid` and Ed25519 keys; keys of other types or algorithms, or
+    broken ones, are ignored, not fatal."""
     document = json.loads(raw)
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise ValueError("not a JWKS document")
-    keys: dict[str, RSAPublicKey] = {}
+    rsa: dict[str, RSAPublicKey] = {}
+    ed25519: list[Ed25519PublicKey] = []
     for entry in document["keys"]:
-        if not isinstance(entry, dict) or entry.get("kty") != "RSA":
+        if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
             continue
-        if entry.get("alg", "RS256") != "RS256" or entry.get("use", "sig") != "sig":
-            continue
-        kid = entry.get("kid")
-        if not isinstance(kid, str):
-            continue
-        try:
-            key = jwt.PyJWK(entry, algorithm="RS256").key
-        except (jwt.PyJWTError, ValueError, TypeError):
-            continue
-        if isinstance(key, RSAPublicKey):
-            keys[kid] = key
-    return keys
+        if entry.get("kty") == "RSA":
+            kid = entry.get("kid")
+            key = _rsa_key(entry) if isinstance(kid, str) else None
+            if isinstance(kid, str) and key is not None:
+                rsa[kid] = key
+        elif entry.get("kty") == "OKP" and len(ed25519) < MAX_ED25519_KEYS:
+            ed_key = _ed25519_key(entry)
+            if ed_key is not None:
+                ed25519.append(ed_key)
+    return Keys(rsa, tuple(ed25519))
+
+
+def _rsa_key(entry: dict[str, Any]) -> RSAPublicKey | None:
+    if entry.get("alg", "RS256") != "RS256":
+        return None
+    try:
+        key = jwt.PyJWK(entry, algorithm="RS256").key
+    except (jwt.PyJWTError, ValueError, TypeError):
+        return None
+    return key if isinstance(key, RSAPublicKey) else None
+
+
+def _ed25519_key(entry: dict[str, Any]) -> Ed25519PublicKey | None:
+    if entry.get("crv") != "Ed25519" or entry.get("alg", "EdDSA") not in ("EdDSA", "Ed25519"):
+        return None
+    x = entry.get("x")
+    if not isinstance(x, str):
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(x + "=" * (-len(x) % 4))
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError:  # binascii.Error included; a wrong length too
+        return None
 
 
 class KeySet:
@@ -136,39 +172,63 @@ class KeySet:
         self._max_age = max_age
         self._clock = clock
         self._lock = threading.Lock()
-        self._keys: Mapping[str, RSAPublicKey] | None = None
+        self._keys: Keys | None = None
         self._fetched_at = 0.0
         self._attempted_at: float | None = None
         self._pending: _Fetch | None = None
         self.fetches = 0
 
     def key_for(self, kid: str) -> RSAPublicKey:
-        """The key named `kid`.
+        """The RSA key named `kid`.
 
         Raises `Unavailable` when the set is needed but cannot be fetched, and `Unauthorized`
         when the `kid` is unknown after a refresh, or a refresh was skipped by the rate limit.
         """
         keys = self._keys
-        if keys is not None and kid in keys and not self._stale():
-            return keys[kid]
-        fetch = self._join_or_start_fetch()
-        error = fetch.wait() if fetch is not None else None
-        keys = self._keys
-        if keys is None:
-            # Never fetched. A first fetch that failed moments ago is not retried for every
-            # waiting request: the rate limit of unknown-kid refreshes applies, as every kid
-            # is unknown.
-            raise error or Unavailable("key set unreachable (retrying it shortly)")
-        key = keys.get(kid)
+        if keys is not None and kid in keys.rsa and not self._stale():
+            return keys.rsa[kid]
+        keys, error, refreshed = self._refresh()
+        key = keys.rsa.get(kid)
         if key is not None:
             if error is not None:
                 log.warning("key set refresh failed; keeping the cached keys")
             return key
         if error is not None:
             raise error
-        if fetch is None:
+        if not refreshed:
             raise Unauthorized("unknown JWT key id (key set refreshed recently)")
         raise Unauthorized("unknown JWT key id")
+
+    def ed25519_keys(self) -> tuple[Ed25519PublicKey, ...]:
+        """The Ed25519 keys held (fetched on first use, re-fetched when stale)."""
+        keys = self._keys
+        if keys is not None and not self._stale():
+            return keys.ed25519
+        keys, error, _ = self._refresh()
+        if error is not None:
+            log.warning("key set refresh failed; keeping the cached keys")
+        return keys.ed25519
+
+    def refreshed_ed25519_keys(self) -> tuple[Ed25519PublicKey, ...] | None:
+        """After no held key verified a `v1a` entry: the keys of a refresh, under the same
+        rate limit as an unknown `kid` (so a forged flood costs no more fetches), or None when
+        the limit skipped it. `Unavailable` when the refresh could not reach the set."""
+        keys, error, refreshed = self._refresh()
+        if error is not None:
+            raise error
+        return keys.ed25519 if refreshed else None
+
+    def _refresh(self) -> tuple[Keys, Unavailable | None, bool]:
+        """The keys after joining or starting a fetch (if the rate limit allows one), why that
+        fetch failed, and whether there was one."""
+        fetch = self._join_or_start_fetch()
+        error = fetch.wait() if fetch is not None else None
+        keys = self._keys
+        if keys is None:
+            # Never fetched. A first fetch that failed moments ago is not retried for every
+            # waiting request: the rate limit of refreshes applies, as every key is unknown.
+            raise error or Unavailable("key set unreachable (retrying it shortly)")
+        return keys, error, fetch is not None
 
     def _join_or_start_fetch(self) -> _Fetch | None:
         """The fetch in flight, else a new one, else None if the rate limit forbids it."""

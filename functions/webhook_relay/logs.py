@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
-from .verify import Headers
+from .trace import TRACE_KEY, Headers, context
 
-TRACE_KEY = "logging.googleapis.com/trace"
-_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
-_CLOUD_TRACE = re.compile(r"([0-9a-fA-F]{32})(/.*)?")
+__all__ = ["TRACE_KEY", "JsonHandler", "bound", "configure", "emit", "trace"]
+
 _write_lock = threading.Lock()
+# Fields every line written through JsonHandler carries in this context (see `bound`).
+_bound: ContextVar[Mapping[str, Any] | None] = ContextVar("webhook_relay_log_fields", default=None)
 # Attributes every LogRecord has; anything else was passed with `extra=` and is logged.
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
@@ -40,15 +43,25 @@ def trace(headers: Headers, project: str | None) -> str | None:
     """The Cloud Trace resource name of this request, from W3C or Google's own header."""
     if project is None:
         return None
-    match = _TRACEPARENT.fullmatch((headers.get("traceparent") or "").strip())
-    if match is None:
-        match = _CLOUD_TRACE.fullmatch((headers.get("X-Cloud-Trace-Context") or "").strip())
-    return f"projects/{project}/traces/{match.group(1).lower()}" if match else None
+    found = context(headers)
+    return f"projects/{project}/traces/{found.trace_id}" if found else None
+
+
+@contextmanager
+def bound(fields: Mapping[str, Any]) -> Iterator[None]:
+    """Add `fields` to every record JsonHandler writes from this thread (context) meanwhile:
+    a subscriber's handler logs under its message's trace without passing it along."""
+    token = _bound.set({**(_bound.get() or {}), **fields})
+    try:
+        yield
+    finally:
+        _bound.reset(token)
 
 
 class JsonHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
-        fields = {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+        fields = dict(_bound.get() or {})
+        fields.update((k, v) for k, v in record.__dict__.items() if k not in _STANDARD)
         if record.exc_info:  # Error Reporting groups entries by their `stack_trace`
             fields["stack_trace"] = logging.Formatter().formatException(record.exc_info)
         severity = "CRITICAL" if record.levelno >= logging.CRITICAL else record.levelname

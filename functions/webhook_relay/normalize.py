@@ -22,9 +22,17 @@ QUARANTINED = "relay.quarantined"
 KINDS = frozenset({"batch", "interaction", "video"})
 NON_TERMINAL = frozenset({"requires_action"})
 MAX_ATTRIBUTE_BYTES = 1024  # a Pub/Sub attribute value's limit
-# Pub/Sub refuses a publish request over 10 MB; the attributes (at most ~10 KB here) and the
-# request's framing share it with the data.
+# Pub/Sub refuses a publish request over 10 MB; the attributes (at most 21, each value at most
+# 1 KB and each key far below Pub/Sub's 256 bytes: ~22 KB) and the request's framing share it
+# with the data. (Pub/Sub's other attribute limit, 100 per message, is far off too.)
 MAX_DATA_BYTES = 10_000_000 - 64 * 1024
+# user_metadata's scalars mirrored as `um_<key>` attributes, for subscription filters.
+METADATA_PREFIX = "um_"
+METADATA_SKIPPED = "um_skipped"
+MAX_METADATA_KEYS = 8
+MAX_METADATA_VALUE_BYTES = 256
+_METADATA_KEY = re.compile(r"[A-Za-z0-9_]{1,64}")
+_RESERVED_KEY = METADATA_SKIPPED.removeprefix(METADATA_PREFIX)
 # Google's Pub/Sub protocol binding for CloudEvents, structured mode: the event is the data,
 # `content-type` says so, and the core context attributes are mirrored as `ce-*`.
 CONTENT_TYPE = "application/cloudevents+json; charset=utf-8"
@@ -63,7 +71,61 @@ class Event:
                 attributes[f"ce-{name}"] = value
         if "ce-subject" in attributes:
             attributes["subject"] = attributes["ce-subject"]
+        if not self.quarantined:
+            _mirror_metadata(self.cloudevent["data"]["user_metadata"], attributes)
         return attributes
+
+
+def _mirror_metadata(metadata: Any, attributes: dict[str, str]) -> None:
+    """The contract's `um_<key>` attributes: at most 8 scalars in the delivered JSON's key order
+    (json keeps it), the rest named in `um_skipped`."""
+    if not isinstance(metadata, dict) or not metadata:
+        return
+    mirrored = 0
+    skipped: list[str] = []
+    for key, value in metadata.items():
+        text = _scalar_text(value) if mirrored < MAX_METADATA_KEYS else None
+        # `skipped` would be mirrored onto `um_skipped` itself: it is always skipped instead.
+        if text is None or _METADATA_KEY.fullmatch(key) is None or key == _RESERVED_KEY:
+            skipped.append(key)
+        else:
+            attributes[METADATA_PREFIX + key] = text
+            mirrored += 1
+    if skipped:
+        attributes[METADATA_SKIPPED] = _names_that_fit(skipped)
+
+
+def _scalar_text(value: Any) -> str | None:
+    # The value's JSON text, as json.dumps writes it (`true`, `3`, `2.5`, `1e+100`), without
+    # its per-call cost: json writes ints with int.__repr__, finite floats with float.__repr__.
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, int | float):  # json.loads gave only finite floats
+        text = repr(value)
+    else:
+        return None  # null, objects, arrays
+    # Checked on the text for numbers too: Python reads a 4000-digit integer from JSON, and an
+    # attribute over Pub/Sub's 1 KB limit would make the message unpublishable.
+    if len(text) > MAX_METADATA_VALUE_BYTES or len(text.encode()) > MAX_METADATA_VALUE_BYTES:
+        return None
+    return text
+
+
+def _names_that_fit(names: list[str]) -> str:
+    """Comma-separated, cut after the last whole name within Pub/Sub's 1 KB attribute limit; a
+    first name longer than that alone is cut at a character boundary, so a skip is never
+    silent. (Every name has a UTF-8 form: the event was encoded before attributes are asked.)"""
+    size, count = -1, 0
+    for name in names:
+        size += 1 + len(name.encode())
+        if size > MAX_ATTRIBUTE_BYTES:
+            break
+        count += 1
+    if count == 0:
+        return names[0].encode()[:MAX_ATTRIBUTE_BYTES].decode(errors="ignore")
+    return ",".join(names[:count])
 
 
 def normalize(webhook_id: str, timestamp: int, body: bytes, signature: str) -> Event:

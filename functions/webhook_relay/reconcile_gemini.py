@@ -15,11 +15,13 @@ from typing import Any, TypeVar
 import google.genai
 from google.genai import types
 
+from .deadline import Deadline
 from .gemini import api_key, api_version, base_url
-from .reconcile import ApiFailure, JobView, WebhookView
+from .reconcile import API_CALL_SECONDS, ApiFailure, JobView, WebhookView
 
-CALL_TIMEOUT_MS = 10_000
+CALL_TIMEOUT_MS = int(API_CALL_SECONDS * 1000)
 PAGE_SIZE = 100
+MAX_WEBHOOK_PAGES = 20  # of PAGE_SIZE: a bound on a list that should hold a handful
 T = TypeVar("T")
 
 # The SDK's JobState names -> the Gemini event's last part.
@@ -38,8 +40,12 @@ _FILE_IN_URI = re.compile(r"/(files/[^/:?]+)")
 
 def client_for_reconcile(env: Mapping[str, str]) -> google.genai.Client:
     """Like `gemini.client_from_env`, but one attempt per call: the next run is the retry."""
+    return client_for_key(env, api_key(env))
+
+
+def client_for_key(env: Mapping[str, str], key: str) -> google.genai.Client:
     return google.genai.Client(
-        api_key=api_key(env),
+        api_key=key,
         http_options=types.HttpOptions(
             base_url=base_url(env),
             api_version=api_version(env),
@@ -50,14 +56,22 @@ def client_for_reconcile(env: Mapping[str, str]) -> google.genai.Client:
 
 
 class SdkGeminiJobs:
-    def __init__(self, client: google.genai.Client, page_size: int = PAGE_SIZE) -> None:
+    def __init__(
+        self,
+        client: google.genai.Client,
+        page_size: int = PAGE_SIZE,
+        max_webhook_pages: int = MAX_WEBHOOK_PAGES,
+    ) -> None:
         self._client = client
         self._page_size = page_size
+        self._max_webhook_pages = max_webhook_pages
 
-    def webhooks(self) -> list[WebhookView]:
+    def webhooks(self, deadline: Deadline) -> list[WebhookView]:
         found: list[WebhookView] = []
         token: str | None = None
-        while True:
+        for _ in range(self._max_webhook_pages):
+            if deadline.remaining() < CALL_TIMEOUT_MS / 1000:
+                raise ApiFailure("the webhook list was cut short by the run's time budget")
             page = _call(
                 lambda token=token: self._client.webhooks.list(  # type: ignore[misc]
                     page_size=self._page_size, page_token=token, timeout=CALL_TIMEOUT_MS / 1000
@@ -75,6 +89,7 @@ class SdkGeminiJobs:
             token = page.next_page_token
             if not token:
                 return found
+        raise ApiFailure(f"the webhook list did not end within {self._max_webhook_pages} pages")
 
     def enable_webhook(self, webhook: WebhookView) -> None:
         _call(
@@ -148,10 +163,11 @@ def _interaction(name: str, found: Any) -> JobView:
     errors = found.errors or []
     error = {"code": errors[0].code, "message": errors[0].message} if errors else None
     config = found.webhook_config
-    resource = name if "/" in name else f"interactions/{found.id or name}"
+    # What a delivery carries in `data.id`: the bare id (the Interactions API names an
+    # interaction by its id alone), so a subscriber sees one job whichever path published.
     return JobView(
         kind="interaction",
-        name=resource,
+        name=found.id or name.rpartition("/")[2],
         state=status,
         terminal=status in INTERACTION_TERMINAL,
         ended_at=_parse_time(found.updated),

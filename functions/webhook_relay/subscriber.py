@@ -1,4 +1,15 @@
-"""For subscribers: read a message the relay published into a typed `RelayEvent`.
+"""For subscribers: read a message the relay published into a typed `RelayEvent`, and run a
+handler on it with an acknowledgement that is checked (`relay_callback`).
+
+    from google.cloud.pubsub_v1 import SubscriberClient
+    from webhook_relay.subscriber import relay_callback
+
+    def handle(event):  # idempotent on event.id: see relay_callback
+        ...
+
+    SubscriberClient().subscribe(subscription_path, callback=relay_callback(handle))
+
+Or read messages yourself:
 
     from webhook_relay.subscriber import NotARelayEvent, parse_event
 
@@ -21,13 +32,24 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from . import logs, trace
 from .normalize import QUARANTINED, SOURCE
 
+if TYPE_CHECKING:  # the package imports this module: it must not load the Pub/Sub client
+    from google.cloud.pubsub_v1.subscriber.message import Message
+
 SPECVERSION = "1.0"
+# How long `relay_callback` waits for Pub/Sub to confirm an acknowledgement. Past it the ack
+# may still land; it is reported like a failed one, as redelivery is then possible.
+ACK_TIMEOUT_SECONDS = 60.0
+Outcome = Literal["acked", "ack_failed", "nacked"]
+log = logging.getLogger(__name__)
 _EVENT_FIELDS = (
     "kind",
     "outcome",
@@ -65,7 +87,7 @@ class RelayEvent:
     type: str
     subject: str | None
     time: str
-    signature: str  # hmac | ed25519 | jwt
+    signature: str  # hmac | ed25519 | keyset-ed25519 | jwt | reconciled
     kind: str | None  # batch | interaction | video | other
     outcome: str | None
     terminal: bool
@@ -199,3 +221,87 @@ def _unwrap(message: Any) -> tuple[bytes, dict[str, str]]:
     except AttributeError:
         raise NotARelayEvent("message attributes are not a mapping") from None
     return bytes(data), attributes
+
+
+def relay_callback(
+    handler: Callable[[RelayEvent], object],
+    *,
+    project: str | None = None,
+    ack_timeout: float = ACK_TIMEOUT_SECONDS,
+) -> Callable[[Message], Outcome]:
+    """A streaming-pull callback that runs `handler` on each event, then acknowledges it.
+
+    - The handler returns: the message is acknowledged with `ack_with_response` and the result
+      awaited. With exactly-once delivery on the subscription, a confirmed ack is final: Pub/Sub
+      will not deliver the message again. A failed one (`AcknowledgeError`: the ack id expired
+      or was superseded, a failed precondition; or no answer within `ack_timeout`) is logged
+      as a WARNING "redelivery possible" with the event id, never raised into the stream.
+    - The handler raises: the message is nacked (redelivered after the subscription's retry
+      backoff, dead-lettered after its `max_delivery_attempts`), logged as an ERROR.
+    - The message is not one the relay published: nacked too, so the dead-letter policy sets it
+      aside; logged as an ERROR.
+
+    So the handler may run more than once for one event (a failed ack, a crash before the ack,
+    an ack deadline that expired while it ran; without exactly-once delivery, at any time) and
+    must be idempotent on `event.id`.
+
+    Log records carry the delivery's trace when the message has a `traceparent` attribute:
+    Cloud Logging's `logging.googleapis.com/trace` (`projects/<project>/traces/<trace id>`),
+    `spanId` and `trace_sampled`, so the delivery, the relay and the handler show as one
+    trace. With `webhook_relay.logs.configure()` (JSON lines on stdout, as Cloud Run and GKE
+    read them), the handler's own log lines carry them too. `project` is the project whose
+    Cloud Trace holds the trace (the relay's); default `GOOGLE_CLOUD_PROJECT`.
+    """
+    project = project or os.environ.get("GOOGLE_CLOUD_PROJECT")
+
+    def callback(message: Message) -> Outcome:
+        return _handle(message, handler, project, ack_timeout)
+
+    return callback
+
+
+def _handle(
+    message: Message,
+    handler: Callable[[RelayEvent], object],
+    project: str | None,
+    ack_timeout: float,
+) -> Outcome:
+    found = trace.parse_traceparent((message.attributes or {}).get(trace.ATTRIBUTE))
+    fields: dict[str, Any] = found.log_fields(project) if found is not None else {}
+    fields["message_id"] = message.message_id
+    if message.delivery_attempt is not None:  # set only with a dead-letter policy
+        fields["delivery_attempt"] = message.delivery_attempt
+    try:
+        event = parse_event(message)
+    except NotARelayEvent as error:
+        log.error("not a relay event (%s): nacked", error, extra=fields)
+        message.nack()
+        return "nacked"
+    fields |= {"event_id": event.id, "event_type": event.type}
+    with logs.bound(fields):
+        try:
+            handler(event)
+        except Exception:
+            log.exception("handler failed: nacked, Pub/Sub redelivers it", extra=fields)
+            message.nack()
+            return "nacked"
+    try:
+        message.ack_with_response().result(timeout=ack_timeout)
+    except Exception as error:  # whatever it was, the stream must go on
+        # AcknowledgeError (its error_code: INVALID_ACK_ID, FAILED_PRECONDITION, ...), a
+        # TimeoutError, or the library's ValueError for an ack id acknowledged twice.
+        from google.cloud.pubsub_v1.subscriber.exceptions import (  # noqa: PLC0415 (see above)
+            AcknowledgeError,
+        )
+
+        reason = (
+            error.error_code.name if isinstance(error, AcknowledgeError) else type(error).__name__
+        )
+        log.warning(
+            "acknowledgement failed (%s): redelivery possible",
+            reason,
+            extra=fields | {"ack_error": reason},
+        )
+        return "ack_failed"
+    log.info("event handled and acknowledged", extra=fields)
+    return "acked"

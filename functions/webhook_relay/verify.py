@@ -2,10 +2,17 @@
 
 The scheme follows from the shape of `webhook-signature`:
   `v1,<base64> …`   Standard Webhooks HMAC-SHA256 (project-level webhooks; any configured secret)
-  `v1a,<base64> …`  Standard Webhooks ed25519 (any configured public key)
-  `<jws>.<jws>.<jws>` an RS256 JWT from the configured key set (per-request webhooks)
+  `v1a,<base64> …`  Standard Webhooks ed25519 (any configured public key; with
+                    GEMINI_DYNAMIC_WEBHOOKS, any Ed25519 key of the key set: per-request webhooks
+                    as they have been seen live)
+  `<jws>.<jws>.<jws>` an RS256 JWT from the configured key set (per-request webhooks, as
+                    Google's guide documents them)
 Every failure is a `BadRequest` (the request is malformed) or an `Unauthorized` (it is not
 provably ours); the key set being unreachable is `Unavailable`.
+
+Headers first: `check_head` decides all that the headers alone can (their form, the timestamp,
+a JWT entirely), so such a request is refused before its body is read; `verify` then checks
+what covers the body.
 """
 
 from __future__ import annotations
@@ -14,14 +21,16 @@ import base64
 import binascii
 import hashlib
 import hmac
+import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import jwt
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .config import Settings
 from .errors import BadRequest, Unauthorized
@@ -40,6 +49,11 @@ _TIMESTAMP_DIGITS = 16
 # recognised as a JWT to be refused as one (401), not misread as a malformed v1 entry (400).
 _JWS = re.compile(r"[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*")
 _SIGNATURE_LENGTHS = {"v1": 32, "v1a": 64}
+DYNAMIC_OFF_HINT = (
+    "a v1a signature did not verify and GEMINI_DYNAMIC_WEBHOOKS is off: per-request (dynamic) "
+    "deliveries signed with the key set's Ed25519 keys are refused; set "
+    "GEMINI_DYNAMIC_WEBHOOKS=true to accept them"
+)
 
 
 class Headers(Protocol):
@@ -49,20 +63,29 @@ class Headers(Protocol):
 
 
 @dataclass(frozen=True)
-class Delivery:
-    """One request as received. `signature` is the raw header: never log or return it."""
+class Head:
+    """The `webhook-*` headers of one request. `signature` is raw: never log or return it."""
 
     webhook_id: str
     timestamp: int
     raw_timestamp: str
     signature: str = field(repr=False)
+
+    def with_body(self, body: bytes) -> Delivery:
+        return Delivery(self.webhook_id, self.timestamp, self.raw_timestamp, self.signature, body)
+
+
+@dataclass(frozen=True)
+class Delivery(Head):
+    """One request as received: its headers and its raw body."""
+
     body: bytes = field(repr=False)
 
     def signed_content(self) -> bytes:
         return f"{self.webhook_id}.{self.raw_timestamp}.".encode() + self.body
 
 
-def read_delivery(headers: Headers, body: bytes) -> Delivery:
+def read_head(headers: Headers) -> Head:
     """The `webhook-*` headers, checked for presence and form (400 on any problem)."""
     webhook_id = _header(headers, "webhook-id")
     if len(webhook_id.encode()) > MAX_ID_BYTES:
@@ -75,7 +98,11 @@ def read_delivery(headers: Headers, body: bytes) -> Delivery:
     timestamp = int(raw_timestamp) if len(digits) <= _TIMESTAMP_DIGITS else 10**_TIMESTAMP_DIGITS
     if raw_timestamp.startswith("-"):
         timestamp = -abs(timestamp)
-    return Delivery(webhook_id, timestamp, raw_timestamp, signature, body)
+    return Head(webhook_id, timestamp, raw_timestamp, signature)
+
+
+def read_delivery(headers: Headers, body: bytes) -> Delivery:
+    return read_head(headers).with_body(body)
 
 
 def header_text(headers: Headers, name: str) -> str | None:
@@ -105,6 +132,7 @@ class Verifier:
     ) -> None:
         self._settings = settings
         self._key_set = key_set
+        self._dynamic = key_set if settings.dynamic_webhooks else None
         self._clock = clock
         # Fixed by the settings: built once, not on every JWT delivery.
         required = ["aud"] if not settings.any_audience else []
@@ -115,18 +143,34 @@ class Verifier:
             "audience": None if settings.any_audience else list(settings.jwt_audiences),
             "issuer": list(settings.jwt_issuers) or None,
             "leeway": min(settings.tolerance_seconds, JWT_MAX_LEEWAY_SECONDS),
-            "options": {"verify_aud": not settings.any_audience, "require": required},
+            # `iat` is judged by the tolerance window below, both ways; PyJWT would refuse an
+            # `iat` later than now plus the (shorter) leeway.
+            "options": {
+                "verify_aud": not settings.any_audience,
+                "verify_iat": False,
+                "require": required,
+            },
         }
 
-    def verify(self, delivery: Delivery) -> str:
-        """The scheme that proved `delivery` authentic: `hmac`, `ed25519` or `jwt`."""
-        if _JWS.fullmatch(delivery.signature):
-            self._check_timestamp(delivery.timestamp, "webhook-timestamp")
-            self._verify_jwt(delivery.signature)
+    def check_head(self, head: Head) -> str | None:
+        """What the headers alone decide, before the body is read: their form, the timestamp,
+        and a JWT (which does not cover the body) entirely. The scheme when that proves the
+        delivery authentic (`jwt`); None when the signature over the body remains to check."""
+        if _JWS.fullmatch(head.signature):
+            self._check_timestamp(head.timestamp, "webhook-timestamp")
+            self._verify_jwt(head.signature)
             return "jwt"
-        signatures = parse_signature_entries(delivery.signature)
-        self._check_timestamp(delivery.timestamp, "webhook-timestamp")
-        return self._verify_entries(delivery, signatures)
+        parse_signature_entries(head.signature)
+        self._check_timestamp(head.timestamp, "webhook-timestamp")
+        return None
+
+    def verify(self, delivery: Delivery) -> str:
+        """The scheme that proved `delivery` authentic: `hmac`, `ed25519`, `keyset-ed25519`
+        or `jwt`."""
+        scheme = self.check_head(delivery)
+        if scheme is not None:
+            return scheme
+        return self._verify_entries(delivery, parse_signature_entries(delivery.signature))
 
     def _check_timestamp(self, timestamp: float, name: str) -> None:
         # Checked before any signature: a replayed old delivery costs no crypto.
@@ -145,14 +189,21 @@ class Verifier:
                 # Check every entry, no early exit on a mismatch: timing says nothing.
                 if any(hmac.compare_digest(expected, given) for given in signatures["v1"]):
                     return "hmac"
-        for key in self._settings.public_keys:
-            for given in signatures["v1a"][:MAX_V1A_ENTRIES]:
-                try:
-                    key.verify(given, content)
-                except InvalidSignature:
-                    continue
-                return "ed25519"
-        raise Unauthorized("no signature matches")
+        v1a = signatures["v1a"][:MAX_V1A_ENTRIES]
+        if _any_verifies(self._settings.public_keys, v1a, content):
+            return "ed25519"
+        if v1a and self._dynamic is not None:
+            held = self._dynamic.ed25519_keys()
+            if _any_verifies(held, v1a, content):
+                return "keyset-ed25519"
+            # Google may have rotated its keys since they were fetched.
+            fresh = self._dynamic.refreshed_ed25519_keys()
+            if fresh is not None:
+                new = [key for key in fresh if key not in held]
+                if _any_verifies(new, v1a, content):
+                    return "keyset-ed25519"
+        hint = DYNAMIC_OFF_HINT if v1a and self._dynamic is None else None
+        raise Unauthorized("no signature matches", hint)
 
     def _verify_jwt(self, token: str) -> None:
         settings = self._settings
@@ -162,7 +213,7 @@ class Verifier:
             raise Unauthorized("JWT deliveries need GEMINI_JWT_AUDIENCE to be configured")
         header = unverified_header(token)
         # The algorithm is ours to choose, never the token's: no `none`, no HMAC keyed with
-        # the public key.
+        # the public key, no EdDSA (the key set's Ed25519 keys are for `v1a` entries only).
         if header.get("alg") != "RS256":
             raise Unauthorized("JWT algorithm must be RS256")
         kid = header.get("kid")
@@ -176,7 +227,29 @@ class Verifier:
         # A captured token replays no longer than a captured `webhook-timestamp` would.
         issued = claims.get("iat")
         if issued is not None:
+            if not _finite_number(issued):
+                raise Unauthorized("JWT rejected: malformed")
             self._check_timestamp(issued, "JWT iat")
+
+
+def _finite_number(value: object) -> bool:
+    # Not bool (an int to Python); not a huge int that float arithmetic cannot hold.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return abs(value) < 10**_TIMESTAMP_DIGITS and math.isfinite(value)
+
+
+def _any_verifies(
+    keys: Iterable[Ed25519PublicKey], signatures: list[bytes], content: bytes
+) -> bool:
+    for key in keys:
+        for given in signatures:
+            try:
+                key.verify(given, content)
+            except InvalidSignature:
+                continue
+            return True
+    return False
 
 
 def claimed_scheme(signature: str | None) -> str:

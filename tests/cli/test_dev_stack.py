@@ -31,6 +31,7 @@ from tests.cli.conftest import (
     process_alive,
     run,
 )
+from webhook_relay.cli.send import KEYSET_KEY_FILE
 from webhook_relay.emulators import free_port
 from webhook_relay.normalize import normalize
 from webhook_relay.signing import new_secret
@@ -132,11 +133,14 @@ def test_dev_serves_and_describes_itself(dev_stack: DevStack) -> None:
     assert set(state["pids"]) == {"dev", "function", "firestore", "pubsub"}
     assert state["subscriptions"] == {name: name.removesuffix("-dev") for name in SUBSCRIPTIONS}
     with urllib.request.urlopen(state["jwks_url"], timeout=5) as answer:
-        [key] = json.loads(answer.read())["keys"]
-    assert key["kid"] == state["kid"]
+        [key, okp] = json.loads(answer.read())["keys"]
+    assert (key["kid"], key["kty"]) == (state["kid"], "RSA")
+    assert (okp["kty"], okp["crv"]) == ("OKP", "Ed25519")
     assert "d" not in key  # the public half only
+    assert "d" not in okp
     key_file = Path(state["private_key"])
     assert key_file.stat().st_mode & 0o777 == 0o600
+    assert (dev_stack.state_dir / KEYSET_KEY_FILE).stat().st_mode & 0o777 == 0o600
     assert (dev_stack.state_dir / "state.json").stat().st_mode & 0o777 == 0o600
     output = dev_stack.output()
     assert dev_stack.url in output
@@ -169,6 +173,16 @@ def test_send_jwt_is_accepted(dev_stack: DevStack, bus: Bus) -> None:
     [message] = bus.drain("gemini-video-dev")
     assert message.attributes["webhook_id"] == webhook_id
     assert message.attributes["signature"] == "jwt"
+
+
+def test_send_keyset_v1a_is_accepted_as_a_dynamic_delivery(dev_stack: DevStack, bus: Bus) -> None:
+    webhook_id = new_id()
+    sent = dev_stack.cli("send", "batch.failed", "--scheme", "keyset", "--id", webhook_id)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert "200 accepted" in sent.stdout
+    [message] = bus.drain("gemini-batch-dev")
+    assert message.attributes["webhook_id"] == webhook_id
+    assert message.attributes["signature"] == "keyset-ed25519"
 
 
 def test_a_wrong_secret_is_refused(dev_stack: DevStack, bus: Bus) -> None:
@@ -390,6 +404,7 @@ def test_sigint_stops_everything(dev_stack: DevStack) -> None:
             urllib.request.urlopen(f"http://{host}/", timeout=2)
     assert not (dev_stack.state_dir / "state.json").exists()
     assert not (dev_stack.state_dir / "jwt-private-key.pem").exists()
+    assert not (dev_stack.state_dir / KEYSET_KEY_FILE).exists()
     output = dev_stack.output()
     assert "SIGINT: stopping" in output
     assert "Traceback" not in output

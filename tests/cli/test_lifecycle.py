@@ -7,8 +7,11 @@ way through them is in tests/integration/test_lifecycle.py).
 
 from __future__ import annotations
 
+import ast
+import re
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,14 +21,18 @@ from google.genai import webhooks as gw
 
 from tests.cli.conftest import assert_one_error_line
 from tests.support.fake_gemini import Request
-from tests.support.lifecycle import API_KEY, PROJECT, SECRET_NAME, World, lifecycle_world
+from tests.support.fake_google import RESET, Call
+from tests.support.lifecycle import API_KEY, PROJECT, SECRET_NAME, World, key, lifecycle_world
 from tests.support.signing import new_secret
+from webhook_relay import cli as cli_package
 from webhook_relay import gemini
 from webhook_relay.cli.lifecycle_steps import rotation_entries
+from webhook_relay.cli.secret_store import SecretStore, SecretStoreError
 from webhook_relay.errors import ConfigError
-from webhook_relay.signing_secrets import parse_entries
+from webhook_relay.signing_secrets import Secret, parse_entries
 
 URL = "https://relay.example.com/"
+OTHER_URL = "https://relay-abc123-ew.a.run.app/"
 ARGS = ("--project", PROJECT, "--url", URL)
 PLACEHOLDER = new_secret()
 
@@ -291,37 +298,234 @@ def test_rotate_needs_a_version_and_a_webhook(world: World) -> None:
 
 # --- the version rotate writes ------------------------------------------------------------------
 
+NOW = datetime(2026, 11, 25, 22, 0, tzinfo=UTC)
+EXPIRY = NOW + timedelta(hours=24)
 
-def test_rotation_keeps_previous_secrets_with_gemini_expiry() -> None:
-    now = datetime(2026, 11, 25, 22, 0, tzinfo=UTC)
-    old_gemini, placeholder, new = new_secret(), new_secret(), new_secret()
-    gone = now - timedelta(minutes=1)
-    previous = parse_entries(
-        f"{old_gemini} {placeholder} {new_secret()};expires={gone.isoformat()}", "V"
-    )
-    expiry = now + timedelta(hours=24)
-    hook = gw.Webhook.model_validate(
+
+def after_rotation(hook_id: str, expiring: str, new: str) -> gw.Webhook:
+    """The webhook as Gemini reports it after a rotation: the old secret expiring in 24 h."""
+    return gw.Webhook.model_validate(
         {
             "uri": URL,
             "subscribed_events": ["batch.succeeded"],
-            "id": "wh_1",
+            "id": hook_id,
             "signing_secrets": [
-                {"truncated_secret": old_gemini[:10] + "...", "expire_time": expiry},
+                {"truncated_secret": expiring[:10] + "...", "expire_time": EXPIRY},
                 {"truncated_secret": new[:10] + "..."},
             ],
         }
     )
-    (fresh,) = parse_entries(new, "V")
-    entries, dropped = rotation_entries(previous, [(hook, fresh, hook)], now)
-    assert [e.text for e in entries] == [new, old_gemini, placeholder]
-    assert [e.expires_at for e in entries] == [None, expiry, expiry]
-    assert dropped == 1
+
+
+def at_second(moment: datetime | None) -> datetime | None:
+    """An expiry as the secrets format stores it (RFC 3339, whole seconds)."""
+    return moment.replace(microsecond=0) if moment else None
+
+
+def one(secret: str) -> Secret:
+    (entry,) = parse_entries(secret, "V")
+    return entry
+
+
+def test_rotation_expires_only_the_rotated_webhooks_secrets() -> None:
+    mine, theirs, new = new_secret(), new_secret(), new_secret()
+    gone = NOW - timedelta(minutes=1)
+    previous = parse_entries(
+        f"{mine};webhook=wh_a {theirs};webhook=wh_b "
+        f"{new_secret()};webhook=wh_a;expires={gone.isoformat()}",
+        "V",
+    )
+    hook = after_rotation("wh_a", mine, new)
+    plan = rotation_entries(previous, [(hook, one(new), hook)], NOW, [hook])
+    assert [(e.text, e.webhook, e.expires_at) for e in plan.entries] == [
+        (new, "wh_a", None),
+        (mine, "wh_a", EXPIRY),
+        (theirs, "wh_b", None),  # another webhook's current secret: never expired here
+    ]
+    assert [e.text for e in plan.foreign] == [theirs]
+    assert plan.dropped == 1
+
+
+def test_untagged_secret_is_expired_only_when_provably_the_webhooks() -> None:
+    old, placeholder, new = new_secret(), new_secret(), new_secret()
+    previous = parse_entries(f"{old} {placeholder}", "V")
+    hook = after_rotation("wh_a", old, new)
+    plan = rotation_entries(previous, [(hook, one(new), hook)], NOW, [hook])
+    assert [(e.text, e.webhook, e.expires_at) for e in plan.entries] == [
+        (new, "wh_a", None),
+        (old, "wh_a", EXPIRY),  # the one Gemini reports expiring: now named
+        (placeholder, None, None),
+    ]
+    assert [e.text for e in plan.untagged] == [placeholder]
+
+
+@pytest.mark.parametrize("why", ["two webhooks for the URL", "another webhook's secret stored"])
+def test_untagged_secret_is_left_alone_when_another_webhook_may_use_it(why: str) -> None:
+    old, new = new_secret(), new_secret()
+    hook = after_rotation("wh_a", old, new)
+    other = gw.Webhook.model_validate({"uri": URL, "subscribed_events": [], "id": "wh_z"})
+    if why == "two webhooks for the URL":
+        previous, registered = parse_entries(old, "V"), [hook, other]
+    else:
+        previous, registered = parse_entries(f"{old} {new_secret()};webhook=wh_b", "V"), [hook]
+    plan = rotation_entries(previous, [(hook, one(new), hook)], NOW, registered)
+    assert [e.expires_at for e in plan.entries] == [None] * (len(previous) + 1)
+    assert [e.text for e in plan.untagged] == [old]
 
 
 def test_rotation_without_a_reported_expiry_keeps_the_previous_secret_open() -> None:
-    now = datetime(2026, 11, 25, 22, 0, tzinfo=UTC)
-    previous = parse_entries(new_secret(), "V")
-    (fresh,) = parse_entries(new_secret(), "V")
+    previous = parse_entries(new_secret() + ";webhook=wh_1", "V")
     hook = gw.Webhook.model_validate({"uri": URL, "subscribed_events": [], "id": "wh_1"})
-    entries, _ = rotation_entries(previous, [(hook, fresh, None)], now)
-    assert [e.expires_at for e in entries] == [None, None]
+    plan = rotation_entries(previous, [(hook, one(new_secret()), None)], NOW, [hook])
+    assert [e.expires_at for e in plan.entries] == [None, None]
+
+
+def test_rotate_of_one_url_leaves_the_other_webhooks_secret_alone(world: World) -> None:
+    a = world.gemini.add_webhook(URL, id="wh_a")
+    b = world.gemini.add_webhook(OTHER_URL, id="wh_b")
+    old_a, old_b = a.secrets[0].value, b.secrets[0].value
+    world.google.add_secret(SECRET_NAME, f"{old_a};webhook=wh_a\n{old_b};webhook=wh_b\n".encode())
+    result = world.cli("rotate", *ARGS)
+    assert result.returncode == 0, result.stderr
+    stored = world.stored_entries()
+    assert stored[key(old_b)].expires_at is None  # B's deliveries keep verifying
+    assert stored[key(old_a)].expires_at == at_second(a.secrets[0].expire_time)
+    assert stored[key(a.secrets[-1].value)].webhook == "wh_a"
+    assert "Left 1 secret of other webhooks as it is (webhook wh_b)." in result.stdout
+    assert result.stdout.splitlines()[-1].startswith(f"Stored projects/{PROJECT}/secrets/")
+    world.assert_no_secret()
+
+
+# --- Secret Manager failing for a moment ----------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [503, 504, 429, RESET])
+def test_a_transient_secret_manager_error_does_not_lose_the_new_secret(
+    world: World, status: int
+) -> None:
+    hook = world.gemini.add_webhook(URL, id="wh_a")
+    world.google.add_secret(SECRET_NAME, f"{hook.secrets[0].value};webhook=wh_a\n".encode())
+    world.google.fail(r":addVersion$", status, times=2)
+    result = world.cli("rotate", *ARGS)
+    assert result.returncode == 0, result.stderr
+    assert key(hook.secrets[-1].value) in world.stored_entries()
+    assert result.stderr.count("retrying in") == 2
+    world.assert_no_secret()
+
+
+class FakeTime:
+    """The backoff's clock and sleep: a minute passes in no time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def google_env(world: World, monkeypatch: pytest.MonkeyPatch) -> World:
+    for name, value in world.google.env().items():
+        monkeypatch.setenv(name, value)
+    return world
+
+
+def test_secret_manager_down_is_retried_for_about_a_minute_then_reported(
+    google_env: World,
+) -> None:
+    world = google_env
+    seeded(world)
+    world.google.fail(r":addVersion$", 503, times=-1)
+    fake = FakeTime()
+    store = SecretStore(
+        f"projects/{PROJECT}/secrets/{SECRET_NAME}", sleep=fake.sleep, clock=lambda: fake.now
+    )
+    with pytest.raises(SecretStoreError) as caught:
+        store.write(lambda base: (one(new_secret()),), NOW)
+    assert "HTTP 503 UNAVAILABLE" in str(caught.value)
+    assert 55 <= sum(fake.sleeps) <= 60
+    assert fake.sleeps[:3] == [0.5, 1.0, 2.0]  # backing off, not hammering
+    assert world.versions() == 1
+
+
+def test_a_permanent_refusal_is_not_retried(google_env: World) -> None:
+    world = google_env
+    seeded(world)
+    world.google.fail(r":addVersion$", 403, times=-1)
+    fake = FakeTime()
+    store = SecretStore(
+        f"projects/{PROJECT}/secrets/{SECRET_NAME}", sleep=fake.sleep, clock=lambda: fake.now
+    )
+    with pytest.raises(SecretStoreError, match="HTTP 403"):
+        store.write(lambda base: (one(new_secret()),), NOW)
+    assert fake.sleeps == []
+
+
+# --- two commands at once -------------------------------------------------------------------
+
+
+def test_two_concurrent_rotates_keep_each_others_secret(world: World) -> None:
+    a = world.gemini.add_webhook(URL, id="wh_a")
+    b = world.gemini.add_webhook(OTHER_URL, id="wh_b")
+    world.google.add_secret(
+        SECRET_NAME,
+        f"{a.secrets[0].value};webhook=wh_a\n{b.secrets[0].value};webhook=wh_b\n".encode(),
+    )
+    # Forced, not timed: the first run's add waits until the second run's add arrives, so both
+    # read version 1 and each writes a version without the other's new secret.
+    second_add = threading.Event()
+    adds: list[Call] = []
+
+    def interleave(call: Call) -> None:
+        if call.method == "POST" and call.path.endswith(":addVersion"):
+            adds.append(call)
+            if len(adds) == 1:
+                assert second_add.wait(60), "the second rotate never wrote"
+            elif len(adds) == 2:
+                second_add.set()
+
+    world.google.before_call = interleave
+    results: dict[str, subprocess.CompletedProcess[str]] = {}
+
+    def rotate(url: str) -> None:
+        results[url] = world.cli("rotate", "--project", PROJECT, "--url", url)
+
+    runs = [threading.Thread(target=rotate, args=(url,)) for url in (URL, OTHER_URL)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(120)
+    assert all(r.returncode == 0 for r in results.values()), [r.stderr for r in results.values()]
+    assert len(adds) >= 3  # the two racing versions, then at least one merged one
+    stored = world.stored_entries()
+    for hook in (a, b):
+        assert stored[key(hook.secrets[-1].value)].expires_at is None
+        assert stored[key(hook.secrets[0].value)].expires_at == at_second(
+            hook.secrets[0].expire_time
+        )
+    world.assert_no_secret()
+
+
+# --- one owner for the shared constant ------------------------------------------------------
+
+
+def test_lifecycle_modules_import_no_circle() -> None:
+    package = Path(cli_package.__file__).parent
+    imported = {
+        name: {
+            node.module
+            for node in ast.walk(ast.parse((package / f"{name}.py").read_text()))
+            if isinstance(node, ast.ImportFrom) and node.level == 1
+        }
+        for name in ("lifecycle", "lifecycle_steps", "_common")
+    }
+    assert "lifecycle" not in imported["lifecycle_steps"]
+    assert not {"lifecycle", "lifecycle_steps"} & imported["_common"]
+    owners = [
+        path.name
+        for path in package.glob("*.py")
+        if re.search(r"^DEFAULT_SECRET\b.*=", path.read_text(), re.MULTILINE)
+    ]
+    assert owners == ["_common.py"]

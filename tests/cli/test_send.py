@@ -7,6 +7,7 @@ and what the command says and exits with. Most tests run the command in this pro
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -21,12 +22,15 @@ from typing import Any
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from standardwebhooks import Webhook
 
 from tests.cli.conftest import assert_one_error_line, clean_env, run
 from webhook_relay.cli import main
 from webhook_relay.cli import state as dev_state
 from webhook_relay.cli.catalog import EVENT_TYPES
+from webhook_relay.cli.send import KEYSET_KEY_FILE, Ed25519DevKey
 from webhook_relay.emulators import free_port
 from webhook_relay.signing import RsaSigner, new_secret
 
@@ -335,6 +339,40 @@ def test_defaults_come_from_the_dev_state(
     assert abs(claims["iat"] - int(relay.received[1].headers["webhook-timestamp"])) <= 1
 
 
+def test_keyset_scheme_signs_v1a_with_the_dev_key_sets_ed25519_key(
+    send: Send, tmp_path: Path, fake_relay: MakeRelay
+) -> None:
+    relay = fake_relay()
+    state_dir = tmp_path / ".webhook-relay"
+    write_state(state_dir, relay.url, RsaSigner(), new_secret())
+    Ed25519DevKey.generate().save(state_dir / KEYSET_KEY_FILE)
+    result = send("batch.succeeded", "--scheme", "keyset", "--retries", "1", "--backoff", "0")
+    assert result.returncode == 0, result.stderr
+    [received] = relay.received
+    version, _, value = received.headers["webhook-signature"].partition(",")
+    assert version == "v1a"
+    # Checked with `cryptography` alone, from the key file: not with the signer under test.
+    private = serialization.load_pem_private_key(
+        (state_dir / KEYSET_KEY_FILE).read_bytes(), password=None
+    )
+    assert isinstance(private, ed25519.Ed25519PrivateKey)
+    content = (
+        f"{received.headers['webhook-id']}.{received.headers['webhook-timestamp']}.".encode()
+        + received.body
+    )
+    private.public_key().verify(base64.b64decode(value), content)  # raises if it does not
+    assert "keyset-ed25519" in result.stdout
+
+
+def test_dev_key_set_ed25519_key_is_an_okp_jwk() -> None:
+    key = Ed25519DevKey.generate()
+    jwk = key.jwk()
+    assert (jwk["kty"], jwk["crv"], jwk["use"]) == ("OKP", "Ed25519", "sig")
+    raw = base64.urlsafe_b64decode(jwk["x"] + "=" * (-len(jwk["x"]) % 4))
+    assert raw == key.private_key.public_key().public_bytes_raw()
+    assert "d" not in jwk  # the public half only
+
+
 def test_state_of_a_dead_dev_is_ignored(tmp_path: Path, fake_relay: MakeRelay) -> None:
     relay = fake_relay()
     state_dir = tmp_path / "elsewhere"
@@ -369,6 +407,7 @@ def test_unreachable_url_is_retried_then_one_line(send: Send) -> None:
         (["--url", "http://127.0.0.1:99999"], ["invalid port"]),
         (["batch.failed", "--file", "-"], ["--file sends a whole body"]),
         (["--scheme", "jwt"], ["--scheme jwt signs with the dev key"]),
+        (["--scheme", "keyset"], ["--scheme keyset signs with the dev key set"]),
         (["--scheme", "ed448"], ["--scheme", "ed448"]),
         (["--retries", "-1"], ["--retries"]),
         (["--no-such-option"], ["no-such-option"]),

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -240,3 +242,76 @@ class RelayServer:
                 if isinstance(entry, dict):
                     lines.append(entry)
         return lines
+
+
+def freeze(emulator: Emulator) -> None:
+    """The emulator stopped dead (SIGSTOP on its whole process group, the JVM included): its
+    connections stay open and every call hangs, as on a stalled backend, until `thaw`."""
+    if emulator.pid is None:
+        raise RuntimeError(f"the {emulator.kind} emulator is not running")
+    os.killpg(emulator.pid, signal.SIGSTOP)
+
+
+def thaw(emulator: Emulator) -> None:
+    """Resume a frozen emulator (harmless on one that is not)."""
+    if emulator.pid is not None:
+        os.killpg(emulator.pid, signal.SIGCONT)
+
+
+@contextmanager
+def frozen(emulator: Emulator) -> Iterator[None]:
+    freeze(emulator)
+    try:
+        yield
+    finally:
+        thaw(emulator)
+
+
+def kill(server: RelayServer) -> None:
+    """SIGKILL the relay's whole process group, as an instance dies: nothing it holds is
+    finished, released or recorded. Returns once the process is gone."""
+    process, server._process = server._process, None
+    if process is not None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+class ReconcileProcess:
+    """functions-framework serving `reconcile` (the target given only on its command line), as
+    Cloud Functions does; `run()` is one scheduled invocation."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.port = free_port()
+        self.log = Path(f"/tmp/webhook-relay-reconcile-{self.port}.log")  # noqa: S108
+        command = [
+            str(Path(sys.executable).with_name("functions-framework")),
+            *("--source", str(ROOT / "functions" / "main.py"), "--target", "reconcile"),
+            *("--host", "127.0.0.1", "--port", str(self.port)),
+        ]
+        with self.log.open("wb") as log:
+            self._process = subprocess.Popen(
+                command, env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        # Listening means the app is loaded (functions-framework imports it before binding);
+        # a GET would already be a run.
+        deadline = time.monotonic() + 30
+        while True:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"reconcile exited at start:\n{self.log.read_text()[-3000:]}")
+            with suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 1):
+                return
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("reconcile did not listen within 30 s")
+            time.sleep(0.1)
+
+    def run(self, timeout: float = 150) -> tuple[int, dict[str, Any]]:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    def stop(self) -> None:
+        stop_process_group(self._process, patience=10)

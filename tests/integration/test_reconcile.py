@@ -33,10 +33,12 @@ from webhook_relay.cli import cli
 from webhook_relay.deadline import Deadline
 from webhook_relay.emulators import free_port, stop_process_group
 from webhook_relay.jobs import FirestoreJobs, JobKey
-from webhook_relay.publish import PubSubPublisher
+from webhook_relay.publish import Publisher, PubSubPublisher
 from webhook_relay.reconcile import (
+    MAX_BATCH_PAGES,
     RUN_BUDGET_SECONDS,
     STORE_CALL_SECONDS,
+    WATCH_PER_RUN,
     Policy,
     Reconciler,
     Summary,
@@ -48,7 +50,7 @@ from webhook_relay.subscriber import parse_event
 ROOT = Path(__file__).resolve().parents[2]
 PUBLIC_URL = "https://relay.example.com/"
 LONG_AGO = timedelta(hours=1)
-RACE_ROUNDS = 30
+RACE_ROUNDS = 100
 
 
 @dataclass
@@ -68,26 +70,43 @@ class Net:
         budget: float = RUN_BUDGET_SECONDS,
         deliveries: str | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        lease: int = 30,
+        watch_per_run: int = WATCH_PER_RUN,
+        max_batch_pages: int = MAX_BATCH_PAGES,
+        store_clock: Callable[[], float] | None = None,
+        publisher: Publisher | None = None,
     ) -> Reconciler:
         client = client_for_reconcile(
             {"GEMINI_API_KEY": "test-key", "GEMINI_API_BASE_URL": self.fake.url}
         )
         policy = Policy(
-            PUBLIC_URL, timedelta(seconds=grace), timedelta(hours=72), reenable, budget, deliveries
+            PUBLIC_URL,
+            timedelta(seconds=grace),
+            timedelta(hours=72),
+            reenable,
+            budget,
+            deliveries,
+            watch_per_run,
+            max_batch_pages,
         )
         return Reconciler(
             SdkGeminiJobs(client, page_size),
-            self.store(),
-            PubSubPublisher(lambda: self.stack.publisher, PROJECT),
+            self.store(lease, store_clock or clock),
+            publisher or PubSubPublisher(lambda: self.stack.publisher, PROJECT),
             parse_routes(None, PREFIX),
             policy,
             clock=clock,
             monotonic=monotonic,
         )
 
-    def store(self) -> FirestoreJobs:
+    def store(self, lease: int = 30, clock: Callable[[], float] = time.time) -> FirestoreJobs:
         return FirestoreJobs(
-            lambda: self.stack.db, self.collection, 30, 72, call_seconds=STORE_CALL_SECONDS
+            lambda: self.stack.db,
+            self.collection,
+            lease,
+            72,
+            clock=clock,
+            call_seconds=STORE_CALL_SECONDS,
         )
 
     def env(self) -> dict[str, str]:
@@ -249,10 +268,11 @@ def test_a_run_stops_at_its_budget_and_the_next_one_goes_on(net: Net, stack: Sta
     names = {net.jobs.add_batch(f"b{n}_{token()}", end_time=ended) for n in range(6)}
     ticks = iter(range(0, 10_000, 5))  # every look at the budget's clock: 5 s later
 
-    short = net.reconciler(budget=40, monotonic=lambda: float(next(ticks))).run()
+    # 160 s: the webhook check's share (30 s; 2 looks), then half of what is left (about
+    # 60 s) for the batches: their page and three jobs, before under one job's 28 s is left.
+    short = net.reconciler(budget=160, monotonic=lambda: float(next(ticks))).run()
     rest = net.reconciler().run()
 
-    # Budget checks at 5 (the page), 10, 15, 20 (three jobs), 25: under one job's 20 s left.
     assert (short.status, short.reconciled) == ("stopped_at_budget", 3)
     assert (rest.status, rest.reconciled, rest.already_delivered) == ("completed", 3, 3)
     assert sorted(e["subject"] for e in events(stack, subscription)) == sorted(names)
@@ -307,10 +327,10 @@ def test_api_errors_mid_run_then_the_next_run_completes(
     for n in range(3):
         name = net.jobs.add_interaction(f"i{n}_{token()}", "completed", updated=ended)
         store.watch(JobKey("interaction", name.rpartition("/")[2]), name, _deadline())
-        watched.add(name)
+        watched.add(name.rpartition("/")[2])  # a delivery's `data.id`: the bare id
     # Listing batches fails (500); later, one interaction's get is rate-limited (429).
     net.fake.fail(r"/v1/batches", 500, times=1, method="GET")
-    limited = sorted(watched)[1].rpartition("/")[2]
+    limited = sorted(watched)[1]
     net.fake.fail(rf"/v1/interactions/{limited}", 429, times=1)
 
     first = net.reconciler(page_size=3).run()
@@ -361,7 +381,9 @@ def test_watched_interaction_ending_incomplete_yields_interaction_incomplete(
     assert (after.watching, after.reconciled) == (0, 0)
     [event] = events(stack, subscription)
     assert event["type"] == "interaction.incomplete"
-    assert event["id"] == f"reconciled:interaction.incomplete:interactions/{interaction_id}"
+    # What a delivery carries: the bare id, as subject and job_id alike.
+    assert event["id"] == f"reconciled:interaction.incomplete:{interaction_id}"
+    assert (event["subject"], event["data"]["job_id"]) == (interaction_id, interaction_id)
     assert event["data"]["user_metadata"] == {"order": "A-7"}
     assert event["data"]["terminal"] is True
 

@@ -10,6 +10,7 @@ serializes itself. tests/test_jobs.py checks that the SDK reads back what was pu
 from __future__ import annotations
 
 import re
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +21,7 @@ from .fake_gemini import FakeGemini, Request
 
 BATCH_TYPE = "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch"
 VIDEO_TYPE = "type.googleapis.com/google.ai.generativelanguage.v1main.PredictLongRunningResponse"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _time(value: datetime | None) -> str | None:
@@ -38,6 +40,8 @@ class FakeJobs:
         self.batches: dict[str, types.BatchJob] = {}  # by id (the name's last segment)
         self.interactions: dict[str, gi.Interaction] = {}
         self.videos: dict[str, types.GenerateVideosOperation] = {}  # by full name
+        # Set: the batch listing waits for it (at most 30 s), to hold a run mid-way.
+        self.gate: threading.Event | None = None
         version = re.escape(fake.version)
         fake.route("GET", rf"/{version}/batches", self._list_batches)
         fake.route("GET", rf"/{version}/batches/(?P<id>[^/:]+)", self._get_batch)
@@ -155,7 +159,10 @@ class FakeJobs:
     def _list_batches(self, request: Request) -> tuple[int, Any]:
         size = int(request.call.query.get("pageSize") or self.fake.page_size)
         start = int(request.call.query.get("pageToken") or 0)
-        jobs = list(self.batches.values())
+        # Newest first, as the API lists them (what `reconcile` stops its listing by).
+        jobs = sorted(self.batches.values(), key=lambda job: job.create_time or EPOCH, reverse=True)
+        if self.gate is not None:
+            self.gate.wait(30)
         page = jobs[start : start + size]
         answer: dict[str, Any] = {"operations": [self.batch_wire(job) for job in page]}
         if start + size < len(jobs):

@@ -41,6 +41,7 @@ from google.protobuf import json_format  # type: ignore[import-untyped]
 SECRET_MANAGER = "secretmanager.googleapis.com"
 OAUTH = "oauth2.googleapis.com"
 HOSTS = (SECRET_MANAGER, OAUTH)
+RESET = 0  # a failure "status": the connection closes without an answer
 
 
 class TestCA:
@@ -178,6 +179,7 @@ _STATUS = {
     429: "RESOURCE_EXHAUSTED",
     500: "INTERNAL",
     503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
 }
 
 
@@ -199,6 +201,9 @@ class FakeGoogle:
         self._write_credentials()
         self._tokens: set[str] = set()
         self._failures: list[_Failure] = []
+        # Called with every call before it is served, outside the fake's lock: a test may
+        # block in it to force an interleaving of concurrent commands.
+        self.before_call: Callable[[Call], None] | None = None
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
         base = r"/v1/(?P<secret>projects/[^/]+/secrets/[^/:]+)"
@@ -273,7 +278,8 @@ class FakeGoogle:
             path.write_bytes(latest.data)
 
     def fail(self, path_regex: str, status: int, times: int = 1, method: str | None = None) -> None:
-        """Answer the next `times` (-1: all) Secret Manager calls matching with `status`."""
+        """Answer the next `times` (-1: all) Secret Manager calls matching with `status`
+        (`RESET`: close the connection without an answer, as a reset does)."""
         with self._lock:
             self._failures.append(
                 _Failure(re.compile(path_regex), status, times, method and method.upper())
@@ -436,6 +442,8 @@ class FakeGoogle:
                         continue
                     if failure.pattern.search(call.path):
                         failure.times -= 1 if failure.times > 0 else 0
+                        if failure.status == RESET:
+                            return RESET, None
                         return _error(failure.status, f"Injected {failure.status}.")
                 if not self._authorized(authorization):
                     return _error(401, "Request had invalid authentication credentials.")
@@ -469,7 +477,12 @@ class FakeGoogle:
                         body = None
                 query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
                 call = Call(self.host, self.command, parts.path, query, body)
+                if fake.before_call is not None:
+                    fake.before_call(call)
                 status, answer = fake._dispatch(call, self.headers.get("authorization"))
+                if status == RESET:
+                    self.close_connection = True
+                    return
                 data = json.dumps(answer).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json; charset=UTF-8")

@@ -24,15 +24,15 @@ import werkzeug.routing
 from flask.testing import FlaskClient
 from google.api_core import exceptions as api_exceptions
 
-from webhook_relay.claim import Claimed, ClaimResult, Duplicate, InFlight
+from webhook_relay.claim import Claimed, ClaimResult, Companion, Duplicate, InFlight
 from webhook_relay.config import Settings, load_settings
 from webhook_relay.deadline import Deadline
 from webhook_relay.http import handle
 from webhook_relay.jwks import KeySet
 from webhook_relay.relay import Outcome, Relay
-from webhook_relay.verify import Delivery, Verifier
+from webhook_relay.verify import Delivery, Head, Verifier
 
-from .signing import JwksServer, RsaKey
+from .signing import Jwk, JwksServer, RsaKey
 
 PROJECT = "test-project"
 # Pub/Sub's documented limits (https://cloud.google.com/pubsub/quotas#resource_limits).
@@ -78,7 +78,13 @@ class FakeClaims:
         self.fail_mark: BaseException | None = None
 
     def claim(
-        self, webhook_id: str, event_type: str, subject: str | None, deadline: Deadline
+        self,
+        webhook_id: str,
+        event_type: str,
+        subject: str | None,
+        deadline: Deadline,
+        owner: str | None = None,
+        companion: Companion | None = None,
     ) -> ClaimResult:
         deadline.timeout(2.5)
         if self.fail_claim is not None:
@@ -93,10 +99,15 @@ class FakeClaims:
         self.records[webhook_id] = Record(
             "claimed", now + self.lease_seconds, attempts, event_type, subject
         )
-        return Claimed(webhook_id, attempts, token=attempts)
+        return Claimed(webhook_id, attempts, token=attempts, owner=owner or "")
 
     def mark_published(
-        self, claim: Claimed, topic: str | None, message_id: str | None, deadline: Deadline
+        self,
+        claim: Claimed,
+        topic: str | None,
+        message_id: str | None,
+        deadline: Deadline,
+        companion: Companion | None = None,
     ) -> None:
         if self.fail_mark is not None:
             raise self.fail_mark
@@ -201,11 +212,16 @@ class InProcessPipeline:
         self.verifier = Verifier(settings, key_set)
         self.relay = Relay(claims, publisher, settings.routes)
 
+    def check_head(self, head: Head) -> str | None:
+        return self.verifier.check_head(head)
+
     def verify(self, delivery: Delivery) -> str:
         return self.verifier.verify(delivery)
 
-    def deliver(self, delivery: Delivery, scheme: str, deadline: Deadline) -> Outcome:
-        return self.relay.deliver(delivery, scheme, deadline)
+    def deliver(
+        self, delivery: Delivery, scheme: str, deadline: Deadline, traceparent: str | None = None
+    ) -> Outcome:
+        return self.relay.deliver(delivery, scheme, deadline, traceparent)
 
 
 def build_app(pipeline: InProcessPipeline) -> flask.Flask:
@@ -235,7 +251,7 @@ def _shared_jwks_server() -> JwksServer:
     return server
 
 
-def jwks_server(*keys: RsaKey) -> JwksServer:
+def jwks_server(*keys: Jwk) -> JwksServer:
     """The run's loopback key set server, reset to serve exactly `keys`, up, uncounted."""
     server = _shared_jwks_server()
     server.keys = list(keys)

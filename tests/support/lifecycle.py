@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.cli.conftest import clean_env, run
+from webhook_relay.cli.secret_store import RETRY_VARIABLE
+from webhook_relay.signing_secrets import Secret, parse_entries
 
 from .fake_gemini import FakeGemini
 from .fake_google import FakeGoogle
@@ -74,6 +76,10 @@ class World:
         latest = secret.latest() if secret else None
         return latest.data.decode().split() if latest else []
 
+    def stored_entries(self) -> dict[bytes, Secret]:
+        """The latest version's entries by key."""
+        return {e.key: e for e in parse_entries("\n".join(self.stored()), "stored")}
+
 
 def key(secret: str) -> bytes:
     return base64.b64decode(secret.removeprefix("whsec_").split(";")[0])
@@ -87,5 +93,8 @@ def lifecycle_world(directory: Path, extra: Mapping[str, str] | None = None) -> 
             "GEMINI_API_KEY": API_KEY,
             "GEMINI_API_BASE_URL": gemini.url,
             "GOOGLE_CLOUD_PROJECT": PROJECT,
+            # A Secret Manager that stays down is given up on after 3 s here, not a minute
+            # (the minute itself: tests/cli/test_lifecycle.py, with an injected clock).
+            RETRY_VARIABLE: "3",
         }
         yield World(gemini, google, env | dict(extra or {}))

@@ -3,7 +3,8 @@ the same bug in a signer we wrote.
 
 v1: the `standardwebhooks` package. JWT: PyJWT with `cryptography` RSA keys, the key set
 served over loopback HTTP. v1a: `cryptography`'s ed25519 (no Standard Webhooks library
-for Python signs v1a).
+for Python signs v1a), its public key as `whpk_…` or as an OKP JWK in the same key set
+(dynamic deliveries as they have been reported live).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
@@ -47,14 +48,24 @@ def headers_v1(
     }
 
 
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
 @dataclass
 class Ed25519Signer:
     private: ed25519.Ed25519PrivateKey = field(default_factory=ed25519.Ed25519PrivateKey.generate)
+    kid: str = field(default_factory=lambda: "okp-" + secrets.token_hex(4))
 
     @property
     def public_key(self) -> str:
         raw = self.private.public_key().public_bytes_raw()
         return "whpk_" + base64.b64encode(raw).decode()
+
+    def jwk(self) -> dict[str, Any]:
+        """The public key as the key set at GEMINI_JWKS_URL publishes Ed25519 keys (RFC 8037)."""
+        raw = self.private.public_key().public_bytes_raw()
+        return {"kty": "OKP", "crv": "Ed25519", "x": b64url(raw), "kid": self.kid, "use": "sig"}
 
     def sign(self, webhook_id: str, timestamp: int, body: bytes) -> str:
         content = f"{webhook_id}.{timestamp}.".encode() + body
@@ -82,11 +93,15 @@ class RsaKey:
         )
 
 
+class Jwk(Protocol):
+    def jwk(self) -> dict[str, Any]: ...
+
+
 class JwksServer:
     """A key set on loopback HTTP; `keys` can change and `down` can fail it, mid-test."""
 
-    def __init__(self, *keys: RsaKey) -> None:
-        self.keys = list(keys)
+    def __init__(self, *keys: Jwk) -> None:
+        self.keys: list[Jwk] = list(keys)
         self.down = False
         self.requests = 0
         server = self

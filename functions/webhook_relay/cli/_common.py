@@ -1,11 +1,14 @@
-"""What the commands share: one-line errors, the Pub/Sub target, the routing table."""
+"""What the commands share: one-line errors, progress lines, the Pub/Sub target, the routing
+table, the lifecycle commands' default secret name."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any, NoReturn
 
 import click
@@ -18,6 +21,9 @@ from . import state as dev_state
 
 DEFAULT_PROJECT = "demo-project"
 CALL_SECONDS = 10.0
+# Owned here, not by lifecycle.py (options) or lifecycle_steps.py (what they do): both use it.
+DEFAULT_SECRET = "gemini-webhook-relay-signing-secrets"  # noqa: S105 (a name, not a value)
+PROGRESS_EVERY_SECONDS = 2.0
 
 
 def fail(message: str) -> NoReturn:
@@ -28,6 +34,37 @@ def fail(message: str) -> NoReturn:
 def note(message: str) -> None:
     """Progress and context on stderr, so stdout stays clean for the events themselves."""
     click.secho(message, err=True, dim=True)
+
+
+class Progress:
+    """`with Progress(describe):` a line on stderr every `every` seconds while the block runs.
+
+    From a thread of its own, so that a call stalled inside the block (a pull, a publish, a
+    query) still shows the command is alive; stdout stays the command's parseable output.
+    """
+
+    def __init__(self, describe: Callable[[], str], every: float = PROGRESS_EVERY_SECONDS) -> None:
+        self._describe = describe
+        self._every = every
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
+
+    def __enter__(self) -> Progress:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._done.wait(self._every):
+            try:
+                note(self._describe())
+            except Exception:  # noqa: S112 (a progress line must never end the command)
+                continue
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """`webhook-relay dev`: the whole relay on this machine, on the Firestore and Pub/Sub emulators.
 
 Starts (or reuses) the emulators, creates the routed topics with one `<topic>-dev`
-subscription each, makes a development secret and an RSA key whose JWKS it serves on
-loopback, then runs functions-framework with the function. Everything it starts runs in a
-process group of its own and is stopped on Ctrl-C (SIGINT) or SIGTERM, also when start-up
+subscription each, makes a development secret, an RSA key (JWTs) and an Ed25519 key (`v1a`
+entries: dynamic deliveries as they have been seen live) whose key set it serves on loopback,
+then runs functions-framework with the function (dynamic deliveries on). Everything it starts
+runs in a process group of its own and is stopped on Ctrl-C (SIGINT) or SIGTERM, also when start-up
 fails half-way; emulators it merely reused are left running.
 """
 
@@ -42,6 +43,7 @@ from ..routing import DEFAULT_TOPIC_PREFIX
 from ..signing import RsaSigner, new_secret
 from . import state as dev_state
 from ._common import DEFAULT_PROJECT, api_error, fail, note
+from .send import KEYSET_KEY_FILE, Ed25519DevKey
 from .tail import DEV_SUFFIX
 
 HOST = "127.0.0.1"
@@ -81,7 +83,8 @@ def dev(port: int, project: str, prefix: str, state_dir: Path) -> None:
 
     Starts the emulators (or reuses those named by FIRESTORE_EMULATOR_HOST and
     PUBSUB_EMULATOR_HOST), creates the topics with a `<topic>-dev` subscription each,
-    generates a development secret and a JWT signing key (its JWKS served on loopback),
+    generates a development secret and the keys of a dev key set (served on loopback): an
+    RSA key for JWTs and an Ed25519 key for `v1a` (dynamic deliveries are on),
     and runs the function with functions-framework. Prints the URL, the secret and a
     `webhook-relay send` command; `send` and `tail` find them in the state directory.
     Ctrl-C stops everything it started.
@@ -98,6 +101,7 @@ def dev(port: int, project: str, prefix: str, state_dir: Path) -> None:
         "WEBHOOK_SIGNING_SECRETS": new_secret(),
         "GEMINI_JWT_AUDIENCE": f"{url},http://localhost:{port}",
         "GEMINI_JWKS_URL": f"http://{HOST}:1{JWKS_PATH}",  # checked now, set for real below
+        "GEMINI_DYNAMIC_WEBHOOKS": "true",
         "PYTHONUNBUFFERED": "1",
         # functions-framework serves 4 threads per CPU unless told; Cloud Functions sends up to
         # the per-instance concurrency at once (infra: var.concurrency), so match it.
@@ -138,7 +142,11 @@ def _serve(
     signer = RsaSigner()
     key_path = state_dir / dev_state.KEY_FILE
     signer.save(key_path)
-    jwks_url = stack.enter_context(_jwks_server(signer))
+    ed25519_key = Ed25519DevKey.generate()
+    ed25519_path = state_dir / KEYSET_KEY_FILE
+    stack.callback(ed25519_path.unlink, missing_ok=True)
+    ed25519_key.save(ed25519_path)
+    jwks_url = stack.enter_context(_jwks_server([signer.jwk(), ed25519_key.jwk()]))
     env = base_env | {
         "GEMINI_JWKS_URL": jwks_url,
         "FIRESTORE_EMULATOR_HOST": hosts["firestore"],
@@ -334,8 +342,8 @@ def _warm_firestore(firestore_host: str, project: str) -> None:
 
 
 @contextlib.contextmanager
-def _jwks_server(signer: RsaSigner) -> Iterator[str]:
-    document = signer.jwks()
+def _jwks_server(keys: list[dict[str, Any]]) -> Iterator[str]:
+    document = json.dumps({"keys": keys}).encode()
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -509,6 +517,7 @@ def _banner(
         ("relay", bold(state.url, bold=True, fg="green")),
         ("secret", state.secret),
         ("JWKS", f"{state.jwks_url} (kid {state.kid}; key {state.private_key})"),
+        ("dynamic", "GEMINI_DYNAMIC_WEBHOOKS=true: v1a from the key set (send --scheme keyset)"),
         ("project", state.project),
         ("Firestore", f"{state.firestore_host} (emulator, {where['firestore']})"),
         ("Pub/Sub", f"{state.pubsub_host} (emulator, {where['pubsub']})"),

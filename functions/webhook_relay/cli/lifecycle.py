@@ -11,7 +11,8 @@ from typing import Any
 
 import click
 
-DEFAULT_SECRET = "gemini-webhook-relay-signing-secrets"  # noqa: S105 (a name, not a value)
+from ._common import DEFAULT_SECRET
+
 PING_WAIT_SECONDS = 30
 
 
@@ -79,9 +80,11 @@ def rotate(project: str, url: str, secret_name: str) -> None:
     """Rotate the signing secret; the relay accepts old and new until Gemini drops the old.
 
     \b
-    Writes one new version of the relay's secret: the new secret, and the previous ones marked
-    with the time Gemini stops signing with them (signing_secrets[].expire_time, 24 h after a
-    rotation). The relay stops accepting each at that time: no second step, no redeploy.
+    Writes one new version of the relay's secret: the new secret, and this webhook's previous
+    ones marked with the time Gemini stops signing with them (signing_secrets[].expire_time,
+    24 h after a rotation). The relay stops accepting each at that time: no second step, no
+    redeploy. Secrets of other webhooks are left as they are; so is an untagged secret (stored
+    by an older version) unless it is provably this webhook's.
     """
     from .lifecycle_steps import run_rotate  # noqa: PLC0415 (lazy: the SDK is heavy)
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import NoReturn, TypeVar, cast
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import click
 import google.genai
@@ -25,10 +25,9 @@ from .. import gemini
 from ..config import is_loopback
 from ..errors import ConfigError
 from ..signing_secrets import Secret, parse_entries, rfc3339
-from ._common import fail, note
-from .lifecycle import DEFAULT_SECRET
-from .relay_records import RecordsError, RelayRecords
-from .secret_store import Latest, SecretStore, SecretStoreError, resource_name
+from ._common import DEFAULT_SECRET, Progress, fail, note
+from .relay_records import PingWatch, RecordsError, RelayRecords
+from .secret_store import Latest, SecretStore, SecretStoreError, Written, resource_name
 
 T = TypeVar("T")
 DEFAULT_DEDUP_COLLECTION = "webhook_deliveries"
@@ -64,12 +63,12 @@ def run_register(project: str, url: str, secret_name: str, events: str | None, w
     wanted = _events(events, gemini.subscribable_events())
     client = _client()
     store = _store(target)
-    latest = _step(store.read_latest)
+    _step(store.read_latest)  # readable and well-formed, before Gemini is asked for anything
     hooks = _step(lambda: _gemini("listing webhooks", lambda: gemini.webhooks_for(client, url)))
     if hooks:
         hooks = [_converge(client, hook, wanted) for hook in hooks]
     else:
-        hooks = [_create(client, store, target, latest, wanted or gemini.subscribable_events())]
+        hooks = [_create(client, store, target, wanted or gemini.subscribable_events())]
     _confirm_ping(client, hooks, target, wait)
 
 
@@ -97,11 +96,17 @@ def run_rotate(project: str, url: str, secret_name: str) -> None:
         rotated.append((hook, new, _read_after_rotation(client, str(hook.id))))
     if not rotated:
         fail(f"{problem}. Nothing was changed." if not lost else f"{problem}. {lost}.")
-    entries, dropped = rotation_entries(latest.entries, rotated, datetime.now(UTC))
     rotated_ids = ", ".join(str(hook.id) for hook, _, _ in rotated)
     until = _latest_expiry(rotated)
+    plan = Rotation()
+
+    def build(base: Latest | None) -> tuple[Secret, ...]:
+        nonlocal plan
+        plan = rotation_entries(base.entries if base else (), rotated, datetime.now(UTC), hooks)
+        return plan.entries
+
     try:
-        version = store.add(entries)
+        written = store.write(build, datetime.now(UTC), on_retry=_retrying_note)
     except Exception as error:
         valid = f"until {rfc3339(until)}" if until else "for now"
         fail(
@@ -111,18 +116,39 @@ def run_rotate(project: str, url: str, secret_name: str) -> None:
             f"verify with the previous secret {valid}."
         )
     click.echo(f"Rotated the signing secret of webhook {rotated_ids}.")
-    kept = len(entries) - len(rotated)
-    click.echo(
-        f"Stored {target.secret} version {version}: the new {_plural(len(rotated), 'secret')} "
-        f"and {kept} previous"
-        + (f", accepted until {rfc3339(until)}" if until else "")
-        + (f" (dropped {dropped} already expired)" if dropped else "")
-        + "."
-    )
+    if plan.foreign:
+        names = sorted({str(e.webhook) for e in plan.foreign})
+        click.echo(
+            f"Left {_count(len(plan.foreign), 'secret')} of other webhooks as "
+            f"{'it is' if len(plan.foreign) == 1 else 'they are'} (webhook {', '.join(names)})."
+        )
+    if plan.untagged:
+        prints = ", ".join(e.fingerprint for e in plan.untagged)
+        click.echo(
+            f"Left {_count(len(plan.untagged), 'untagged secret')} as "
+            f"{'it is' if len(plan.untagged) == 1 else 'they are'} ({prints}): not provably "
+            f"webhook {rotated_ids}'s; see `{target.command('status')}`."
+        )
     if until is None:
         note("Gemini reported no expiry for the previous secret: it stays in the relay's secret")
+    _stored_line(target, written, len(rotated), plan, until)
     if problem:
         fail(f"{problem}; run `{target.command('rotate')}` again for the webhooks not rotated")
+
+
+def _stored_line(
+    target: Target, written: Written, new: int, plan: Rotation, until: datetime | None
+) -> None:
+    expiring = len(plan.expiring)
+    click.echo(
+        f"Stored {target.secret} version {written.version}: the new {_plural(new, 'secret')}, "
+        f"{expiring} previous"
+        + (f" accepted until {rfc3339(until)}" if until and expiring else "")
+        + f", {len(written.entries) - new - expiring} other"
+        + (f" (dropped {plan.dropped} already expired)" if plan.dropped else "")
+        + (f" (merged {_count(written.merged, 'concurrent version')})" if written.merged else "")
+        + "."
+    )
 
 
 def run_status(project: str, url: str, secret_name: str) -> None:
@@ -150,7 +176,8 @@ def run_status(project: str, url: str, secret_name: str) -> None:
             f"{count} {_plural(count, 'secret')}"
         )
         for entry in latest.entries:
-            click.echo(f"  {entry.fingerprint}  {_expiry(entry.expires_at, now)}")
+            owner = f"webhook {entry.webhook}" if entry.webhook else "untagged"
+            click.echo(f"  {entry.fingerprint}  {owner}  {_expiry(entry.expires_at, now)}")
     collection = os.environ.get("RELAY_JOBS_COLLECTION") or DEFAULT_JOBS_COLLECTION
     try:
         counts = RelayRecords(project).watch_counts(collection)
@@ -158,10 +185,7 @@ def run_status(project: str, url: str, secret_name: str) -> None:
         fail(f"reading the watch list ({collection}): {error}")
     total = sum(counts.values())
     by_state = ", ".join(f"{n} {state}" for state, n in counts.items())
-    click.echo(
-        f"Watch list ({collection}): {total} {_plural(total, 'job')}"
-        + (f": {by_state}" if by_state else "")
-    )
+    click.echo(f"Watch list ({collection}): {total} {_plural(total, 'job')}: {by_state}")
 
 
 # --- steps -------------------------------------------------------------------------------------
@@ -286,7 +310,6 @@ def _create(
     client: google.genai.Client,
     store: SecretStore,
     target: Target,
-    latest: Latest | None,
     events: Sequence[str],
 ) -> gw.Webhook:
     if _step(store.ensure):
@@ -309,20 +332,26 @@ def _create(
         new = _gemini_secret(hook.new_signing_secret, "new_signing_secret")
     except StepFailed as error:
         fail(f"Gemini created webhook {hook.id}, but {error}. {rescue}.")
-    now = datetime.now(UTC)
-    previous = [e for e in (latest.entries if latest else ()) if e.live(now.timestamp())]
-    entries = (new, *previous)
+    new = new.tagged(webhook_tag(str(hook.id)))
+
+    def build(base: Latest | None) -> tuple[Secret, ...]:
+        now = datetime.now(UTC).timestamp()
+        return (new, *(e for e in (base.entries if base else ()) if e.live(now)))
+
     try:
-        version = store.add(entries)
+        written = store.write(build, datetime.now(UTC), on_retry=_retrying_note)
     except Exception as error:
         fail(
             f"Gemini created webhook {hook.id} for {target.url}, but writing its signing secret "
             f"to {target.secret} failed: {_why(error)}. {rescue}."
         )
+    count = len(written.entries)
     click.echo(f"Created webhook {hook.id} for {target.url} ({', '.join(events)}).")
     click.echo(
-        f"Stored its signing secret in {target.secret} version {version} "
-        f"({len(entries)} {_plural(len(entries), 'secret')})."
+        f"Stored its signing secret in {target.secret} version {written.version} "
+        f"({count} {_plural(count, 'secret')}"
+        + (f", merged {_count(written.merged, 'concurrent version')}" if written.merged else "")
+        + ")."
     )
     return hook
 
@@ -350,79 +379,133 @@ def _confirm_ping(
     client: google.genai.Client, hooks: Sequence[gw.Webhook], target: Target, wait: int
 ) -> None:
     """Ping, and find the relay's record of it: the relay records only verified deliveries."""
-    records = RelayRecords(target.project)
     collection = os.environ.get("RELAY_DEDUP_COLLECTION") or DEFAULT_DEDUP_COLLECTION
-    since = datetime.now(UTC) - CLOCK_SKEW
-    deadline = time.monotonic() + wait
+    watch = PingWatch(RelayRecords(target.project), collection, datetime.now(UTC) - CLOCK_SKEW)
+    start = time.monotonic()
+    deadline = start + wait
     next_ping = 0.0
     ids = ", ".join(str(hook.id) for hook in hooks)
-    while True:
-        now = time.monotonic()
-        # The first ping always; again while there is time for the relay to record it.
-        if next_ping == 0.0 or next_ping <= now < deadline:
-            for hook in hooks:
-                _ping(client, str(hook.id))
-            next_ping = time.monotonic() + PING_EVERY_SECONDS
-        try:
-            record = records.find_ping(collection, since)
-        except RecordsError as error:
-            fail(f"pinged webhook {ids}, but reading the relay's records failed: {error}")
-        if record is not None:
-            break
-        if time.monotonic() >= deadline:
-            fail(
-                f"pinged webhook {ids}, but the relay recorded no verified ping within {wait} s. "
-                f"Check that {target.url} serves the relay, that the relay reads {target.secret} "
-                f"(WEBHOOK_SIGNING_SECRETS_FILE), and its log for 401 answers; "
-                f"`{target.command('status')}` lists the secrets"
-            )
-        time.sleep(0.5)
-    click.echo(f"Pinged webhook {ids}: the relay verified the ping.")
-    if record.quarantined:
-        note(
-            "The relay recorded the ping as relay.quarantined: this relay version predates ping "
-            "handling (update it); its signature was verified."
+
+    def progress() -> str:
+        waited = int(time.monotonic() - start)
+        return (
+            f"waiting for the relay to record the ping of webhook {ids}: {waited} s of {wait} s, "
+            f"{_count(watch.read, 'delivery record')} read"
         )
+
+    with Progress(progress):
+        while True:
+            now = time.monotonic()
+            # The first ping always; again while there is time for the relay to record it.
+            if next_ping == 0.0 or next_ping <= now < deadline:
+                for hook in hooks:
+                    _ping(client, str(hook.id))
+                next_ping = time.monotonic() + PING_EVERY_SECONDS
+            try:
+                record = watch.poll()
+            except RecordsError as error:
+                fail(f"pinged webhook {ids}, but reading the relay's records failed: {error}")
+            if record is not None:
+                break
+            if time.monotonic() >= deadline:
+                fail(
+                    f"pinged webhook {ids}, but the relay recorded no verified ping within "
+                    f"{wait} s. Check that {target.url} serves the relay, that the relay reads "
+                    f"{target.secret} (WEBHOOK_SIGNING_SECRETS_FILE), and its log for 401 "
+                    f"answers; `{target.command('status')}` lists the secrets"
+                )
+            time.sleep(0.5)
+    click.echo(f"Pinged webhook {ids}: the relay verified the ping.")
+
+
+def webhook_tag(hook_id: str) -> str:
+    """How a secret names its webhook: the id, with what the secrets format reserves escaped."""
+    return quote(hook_id, safe="/:@._-~")
+
+
+@dataclass(frozen=True)
+class Rotation:
+    entries: tuple[Secret, ...] = ()
+    expiring: tuple[Secret, ...] = ()  # the rotated webhooks' previous secrets
+    foreign: tuple[Secret, ...] = ()  # other webhooks' secrets, left as they are
+    untagged: tuple[Secret, ...] = ()  # no webhook named, not provably ours: left as they are
+    dropped: int = 0  # already expired
+
+
+@dataclass
+class _Reported:
+    """What Gemini reports for one rotated webhook: its secrets' truncated forms and expiries."""
+
+    expiries: list[tuple[str, datetime]] = field(default_factory=list)
+
+    @property
+    def latest(self) -> datetime | None:
+        return max((expiry for _, expiry in self.expiries), default=None)
 
 
 def rotation_entries(
     previous: Sequence[Secret],
     rotated: Sequence[tuple[gw.Webhook, Secret, gw.Webhook | None]],
     now: datetime,
-) -> tuple[tuple[Secret, ...], int]:
-    """The new secrets first, then the previous ones with the expiry Gemini reports.
+    registered: Sequence[gw.Webhook] = (),
+) -> Rotation:
+    """The new secrets first (each tagged with its webhook), then the previous ones.
 
-    A previous secret is matched to Gemini's list by its truncated form where that is
-    unambiguous; otherwise one without an expiry gets the latest expiry Gemini reports (the
-    one it just set for the secret it rotated out). Secrets already expired are dropped.
+    A rotated webhook's own previous secrets get the expiry Gemini reports: the one matched by
+    its truncated form where that is unambiguous, else the latest it reports (the one it just
+    set for the secret it rotated out). Other webhooks' secrets are left as they are. An
+    untagged secret (stored before secrets named their webhook) gets an expiry only when it is
+    provably the rotated webhook's: exactly one webhook uses this relay (one registered for the
+    URL, no other webhook's secret stored) and it matches Gemini's expiring secret. Secrets
+    already expired are dropped.
     """
-    reported = [
-        (s.truncated_secret, s.expire_time)
-        for _, _, after in rotated
-        if after is not None
-        for s in after.signing_secrets or ()
-        if s.expire_time is not None
-    ]
-    latest = max((expiry for _, expiry in reported), default=None)
-    kept, dropped = [], 0
-    for entry in previous:
-        if not entry.live(now.timestamp()):
-            dropped += 1
+    reported: dict[str, _Reported] = {}
+    for hook, _, after in rotated:
+        seen = reported.setdefault(webhook_tag(str(hook.id)), _Reported())
+        for s in after.signing_secrets or () if after is not None else ():
+            if s.expire_time is not None:
+                seen.expiries.append((s.truncated_secret or "", s.expire_time))
+    live = [e for e in previous if e.live(now.timestamp())]
+    others = {e.webhook for e in live if e.webhook and e.webhook not in reported}
+    # The upgrade path for untagged secrets: only when exactly one webhook uses this relay.
+    sole = next(iter(reported.items())) if len(registered or rotated) == 1 and not others else None
+    kept: list[Secret] = []
+    expiring, foreign, untagged = [], [], []
+    for entry in live:
+        if entry.webhook and entry.webhook not in reported:
+            foreign.append(entry)
+            kept.append(entry)
             continue
-        matched = _match(entry, reported, previous)
-        if matched is not None:
-            kept.append(entry.expiring(matched))
+        if entry.webhook:
+            mine = reported[entry.webhook]
+            expiry = _match(entry, mine.expiries, live) or mine.latest
+            ours = entry
         else:
-            kept.append(entry if entry.expires_at else entry.expiring(latest))
-    new = [secret for _, secret, _ in rotated]
-    return (*new, *kept), dropped
+            expiry = _match(entry, sole[1].expiries, live) if sole else None
+            if sole is None or expiry is None:
+                untagged.append(entry)
+                kept.append(entry)
+                continue
+            ours = entry.tagged(sole[0])  # provably this webhook's now: say so
+        if expiry is not None and (ours.expires_at is None or expiry < ours.expires_at):
+            ours = ours.expiring(expiry)
+        expiring.append(ours)
+        kept.append(ours)
+    new = [secret.tagged(webhook_tag(str(hook.id))) for hook, secret, _ in rotated]
+    return Rotation(
+        (*new, *kept),
+        tuple(expiring),
+        tuple(foreign),
+        tuple(untagged),
+        len(previous) - len(live),
+    )
 
 
 def _match(
-    entry: Secret, reported: Sequence[tuple[str | None, datetime]], entries: Sequence[Secret]
+    entry: Secret, reported: Sequence[tuple[str, datetime]], entries: Sequence[Secret]
 ) -> datetime | None:
     for truncated, expiry in reported:
-        prefix = (truncated or "").rstrip(".…*")
+        prefix = truncated.rstrip(".…*")
         if len(prefix.removeprefix("whsec_")) < 4:
             continue
         holders = [e for e in entries if e.text.startswith(prefix)]
@@ -467,3 +550,11 @@ def _typed(events: Sequence[str]) -> list[gw.WebhookSubscribedEvent]:
 
 def _plural(count: int, word: str) -> str:
     return word if count == 1 else word + "s"
+
+
+def _count(count: int, word: str) -> str:
+    return f"{count} {_plural(count, word)}"
+
+
+def _retrying_note(message: str) -> None:
+    note(message)

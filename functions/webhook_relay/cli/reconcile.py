@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from collections.abc import Sequence
 
 import click
 
 from ..errors import ConfigError, RelayError
 from ..jobs import key_for_name
+from ..reconcile import Summary
 from ..reconcile_app import build
 from ..watching import watch_key
 from ._common import fail
+
+PROGRESS_SECONDS = 1.5  # a line at least every 2 s: a person sees the run is alive
 
 
 def _env(project: str | None) -> dict[str, str]:
@@ -57,14 +62,49 @@ def watch(names: Sequence[str], project: str | None) -> None:
 
 @click.command()
 @click.option("--project", help="Default: GOOGLE_CLOUD_PROJECT.")
-def reconcile(project: str | None) -> int:
+@click.option(
+    "--progress-every",
+    type=click.FloatRange(min=0.05),
+    default=PROGRESS_SECONDS,
+    show_default=True,
+    help="Seconds between progress lines on stderr.",
+)
+def reconcile(project: str | None, progress_every: float) -> int:
     """Run the safety net once, as the scheduled `reconcile` function does: log lines, then
-    the run's summary as one JSON line. Exit status 1 if it reached neither Firestore nor the
-    Gemini API."""
+    the run's summary as one JSON line, on stdout; a progress line on stderr every
+    --progress-every seconds meanwhile. Exit status 1 if it reached neither Firestore nor
+    the Gemini API."""
+    from ..gemini import api_key  # noqa: PLC0415 - the SDK loads only when the command runs
+
+    env = _env(project)
     try:
-        reconciler = build(_env(project))
+        service = build(env)
+        api_key(env)  # the function reports a missing key per run; a person wants it now
     except ConfigError as error:
         fail(f"bad configuration: {error}")
-    summary = reconciler.run()
+    summary = Summary()
+    done = threading.Event()
+    started = time.monotonic()
+
+    def report() -> None:
+        while not done.wait(progress_every):
+            click.echo(progress_line(summary, time.monotonic() - started), err=True)
+
+    reporter = threading.Thread(target=report, name="reconcile-progress", daemon=True)
+    reporter.start()
+    try:
+        service.run(summary)
+    finally:
+        done.set()
+        reporter.join()
     click.echo(json.dumps(summary.to_json()))
     return 1 if summary.unavailable else 0
+
+
+def progress_line(summary: Summary, elapsed: float) -> str:
+    return (
+        f"reconcile: {elapsed:.0f} s, {summary.step or 'starting'}: checked "
+        f"{summary.checked_batches} batches, {summary.checked_watched} watched; "
+        f"reconciled {summary.reconciled}, already delivered {summary.already_delivered}, "
+        f"errors {summary.errors}"
+    )

@@ -6,6 +6,7 @@ CloudEvent type), published with the same data and attributes, and acknowledged 
 Pub/Sub has confirmed that publish. A message that would go back to the topic it came from
 (an unknown type on the unrouted topic, a quarantined body) is left where it is: it is held
 until the run ends, then handed back, so a run always ends and moves each message once.
+stdout has a line per message and the summary; stderr a progress line every 2 s.
 """
 
 from __future__ import annotations
@@ -23,7 +24,16 @@ from ..normalize import QUARANTINED
 from ..routing import Routes
 from ..subscriber import NotARelayEvent, parse_event
 from . import state as dev_state
-from ._common import PubSubTarget, api_error, fail, note, pubsub_target, routes_for, topic_of
+from ._common import (
+    Progress,
+    PubSubTarget,
+    api_error,
+    fail,
+    note,
+    pubsub_target,
+    routes_for,
+    topic_of,
+)
 
 BATCH = 100
 HOLD_SECONDS = 120  # keeps a left message from being pulled again during this run
@@ -36,6 +46,10 @@ class _Tally:
     left: int = 0
     failed: int = 0
     held: dict[str, str] = field(default_factory=dict)  # message id -> latest ack id
+
+    def describe(self, dry_run: bool) -> str:
+        verb = "would move" if dry_run else "moved"
+        return f"{verb} {self.moved}, left {self.left}, failed {self.failed}"
 
 
 @click.command()
@@ -95,14 +109,24 @@ def redrive(
             f"redriving {subscription} (topic {source}; {target.describe()}) through "
             f"{_describe(routes)}"
         )
-        tally = _redrive(
-            subscriber, publisher, target, subscription, source, routes, limit, dry_run, wait
-        )
+        tally = _Tally()
+        with Progress(lambda: f"redriving {subscription}: {tally.describe(dry_run)} so far"):
+            _redrive(
+                subscriber,
+                publisher,
+                target,
+                subscription,
+                source,
+                routes,
+                limit,
+                dry_run,
+                tally,
+                wait,
+            )
     finally:
         publisher.stop()
         subscriber.close()
-    verb = "would move" if dry_run else "moved"
-    click.echo(f"{verb} {tally.moved}, left {tally.left}, failed {tally.failed}")
+    click.echo(tally.describe(dry_run))
     if tally.failed:
         fail(f"{tally.failed} message(s) could not be re-published; they stay in {subscription}")
 
@@ -121,10 +145,10 @@ def _redrive(
     routes: Routes,
     limit: int | None,
     dry_run: bool,
+    tally: _Tally,
     wait: float,
-) -> _Tally:
+) -> None:
     path = target.subscription_path(subscription)
-    tally = _Tally()
     handled: set[str] = set()
     try:
         while limit is None or len(handled) < limit:
@@ -152,7 +176,6 @@ def _redrive(
     finally:
         # Hand back what stays, at once: the next reader need not wait for the ack deadline.
         _modify(subscriber, path, list(tally.held.values()), 0)
-    return tally
 
 
 def _route_batch(

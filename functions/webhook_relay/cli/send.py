@@ -1,5 +1,10 @@
 """`webhook-relay send`: deliver one signed Gemini event the way Gemini does.
 
+Three forms: static webhooks (`hmac`, Standard Webhooks `v1`), and per-request (dynamic)
+webhooks either as Google's guide documents them (`jwt`, RS256) or as live deliveries have
+been reported (`keyset`: a `v1a` Ed25519 entry made with a key of the key set, python-genai
+issue 2927). The two dynamic forms sign with the keys of `webhook-relay dev`'s key set.
+
 Like Gemini: the body is fixed for the delivery, `webhook-id` is stable across retries, and
 each attempt carries its own `webhook-timestamp` and a signature computed for it. Any non-2xx
 answer, or no answer, is retried with exponential backoff.
@@ -7,7 +12,9 @@ answer, or no answer, is retried with exponential backoff.
 
 from __future__ import annotations
 
+import base64
 import email.utils
+import hashlib
 import http.client
 import json
 import os
@@ -25,6 +32,8 @@ from typing import IO, Any, TextIO
 from urllib.parse import urlsplit
 
 import click
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ..config import is_loopback
 from ..signing import RsaSigner, SecretFormatError, secret_key, signature_v1
@@ -35,6 +44,55 @@ from .catalog import EVENT_TYPES, envelope, sample_data
 DEFAULT_TYPE = "batch.succeeded"
 MAX_ANSWER_BYTES = 64 * 1024
 USER_AGENT = "webhook-relay-send"
+# In the dev state directory, beside the JWT key: the private half of the dev key set's
+# Ed25519 key (`webhook-relay dev` writes it, and removes it when it stops).
+KEYSET_KEY_FILE = "keyset-ed25519-private-key.pem"
+
+
+@dataclass(frozen=True)
+class Ed25519DevKey:
+    """The dev key set's Ed25519 (JWK `OKP`) key: signs `v1a` entries over
+    `{webhook-id}.{webhook-timestamp}.{body}`, as live dynamic deliveries are signed."""
+
+    private_key: ed25519.Ed25519PrivateKey
+
+    @classmethod
+    def generate(cls) -> Ed25519DevKey:
+        return cls(ed25519.Ed25519PrivateKey.generate())
+
+    @classmethod
+    def load(cls, path: Path) -> Ed25519DevKey:
+        """A key written by `save`; `ValueError` if the file is not an Ed25519 private key."""
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, ed25519.Ed25519PrivateKey):
+            raise ValueError(f"{path} does not hold an Ed25519 private key")
+        return cls(key)
+
+    def save(self, path: Path) -> None:
+        pem = self.private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        path.touch(mode=0o600)
+        path.chmod(0o600)
+        path.write_bytes(pem)
+
+    @property
+    def kid(self) -> str:
+        # Derived from the key, so the file alone is enough to name it.
+        return "dev-okp-" + hashlib.sha256(self._public()).hexdigest()[:8]
+
+    def jwk(self) -> dict[str, Any]:
+        x = base64.urlsafe_b64encode(self._public()).rstrip(b"=").decode("ascii")
+        return {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": self.kid, "use": "sig"}
+
+    def sign(self, webhook_id: str, timestamp: int, body: bytes) -> str:
+        content = f"{webhook_id}.{timestamp}.".encode() + body
+        return "v1a," + base64.b64encode(self.private_key.sign(content)).decode("ascii")
+
+    def _public(self) -> bytes:
+        return self.private_key.public_key().public_bytes_raw()
 
 
 @dataclass(frozen=True)
@@ -93,11 +151,12 @@ Sign = Callable[[str, int, bytes], str]
 )
 @click.option(
     "--scheme",
-    type=click.Choice(["hmac", "jwt"]),
+    type=click.Choice(["hmac", "jwt", "keyset"]),
     default="hmac",
     show_default=True,
-    help="hmac: static webhooks (Standard Webhooks v1). jwt: dynamic webhooks (RS256 JWT "
-    "signed with the dev key).",
+    help="hmac: static webhooks (Standard Webhooks v1). jwt: dynamic webhooks as Google's "
+    "guide documents them (RS256 JWT signed with the dev key). keyset: dynamic webhooks as "
+    "live deliveries are signed (v1a, Ed25519 key of the dev key set).",
 )
 @click.option("--audience", help="The JWT `aud`. Default: the URL.")
 @click.option(
@@ -167,6 +226,7 @@ def send(
       webhook-relay send
       webhook-relay send video.generated --data '{"file_name": "files/abc"}'
       webhook-relay send batch.failed --scheme jwt --duplicates 2
+      webhook-relay send interaction.completed --scheme keyset
       webhook-relay send --file body.json --url https://… --secret whsec_…
     """
     state = dev_state.load(state_dir)
@@ -175,7 +235,7 @@ def send(
     secret_values = [*secret_values, *_separated(secrets_file.read() if secrets_file else "")]
     if not secret_values:  # the name the relay reads, so one environment serves both
         secret_values = _separated(os.environ.get("WEBHOOK_SIGNING_SECRETS", ""))
-    sign, signed_with = _signer(scheme, secret_values, audience, target, state)
+    sign, signed_with = _signer(scheme, secret_values, audience, target, state, state_dir)
     webhook_id = webhook_id or "msg_" + random_tokens.token_hex(12)
     if not webhook_id.strip():
         fail("--id must not be blank")
@@ -288,7 +348,20 @@ def _signer(
     audience: str | None,
     url: str,
     state: dev_state.DevState | None,
+    state_dir: Path,
 ) -> tuple[Sign, str]:
+    if scheme == "keyset":
+        if state is None:
+            fail(
+                "--scheme keyset signs with the dev key set: start `webhook-relay dev` "
+                "(see --state-dir)"
+            )
+        path = state_dir / KEYSET_KEY_FILE
+        try:
+            key = Ed25519DevKey.load(path)
+        except (OSError, ValueError) as exc:
+            fail(f"cannot read the dev key set's Ed25519 key {path} ({exc})")
+        return key.sign, f"keyset-ed25519 v1a, kid {key.kid}"
     if scheme == "jwt":
         if state is None:
             fail("--scheme jwt signs with the dev key: start `webhook-relay dev` (see --state-dir)")
