@@ -52,11 +52,13 @@ RUN_BUDGET_SECONDS = 240.0  # the function's timeout must leave room above this 
 # alone, the next one still runs.
 WEBHOOKS_SECONDS = 30.0
 BATCH_SHARE = 0.5
-# One job's claim, publish and record write, sized to the lease floor
-# (config.MIN_CLAIM_LEASE_SECONDS, 15 s): a claim answered within CLAIM_SECONDS leaves a lease
-# that covers the publish and the record write with LEASE_MARGIN_SECONDS to spare (clocks of
-# instances differ a little); a claim whose lease no longer covers them is given back unused.
-CLAIM_SECONDS = 4.0
+# One job's publish and record write, sized to the lease floor (config.MIN_CLAIM_LEASE_SECONDS,
+# 15 s): the lease counts from the claim's own transaction, so a claim must leave at least
+# PUBLISH_SECONDS + RECORD_SECONDS + LEASE_MARGIN_SECONDS of it (clocks of instances differ a
+# little), or it is given back unused. The wait for the claim itself is not in the lease: on a
+# contended record (two runs at once, a delivery) Firestore holds a transaction ~2 s per
+# conflict, so the run waits longer than a request would.
+CLAIM_SECONDS = 8.0
 PUBLISH_SECONDS = 4.0
 RECORD_SECONDS = 4.0
 LEASE_MARGIN_SECONDS = 2.0

@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import json
 import secrets
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,14 +20,21 @@ import pytest
 from click.testing import CliRunner
 
 from tests.integration.conftest import StartRelay
-from tests.integration.harness import PREFIX, PROJECT, Answer, RelayServer, Stack
+from tests.integration.harness import (
+    PREFIX,
+    PROJECT,
+    Answer,
+    ReconcileProcess,
+    RelayServer,
+    Stack,
+)
 from tests.support.fake_gemini import FakeGemini
 from tests.support.fake_gemini_jobs import FakeJobs
 from tests.support.signing import headers_v1
 from webhook_relay.claim import Claimed, FirestoreClaims
 from webhook_relay.cli import cli
 from webhook_relay.deadline import Deadline
-from webhook_relay.emulators import free_port, stop_process_group
+from webhook_relay.emulators import free_port
 from webhook_relay.jobs import FirestoreJobs, JobKey
 from webhook_relay.publish import Publisher, PubSubPublisher
 from webhook_relay.reconcile import (
@@ -468,44 +471,10 @@ def test_no_webhook_registered_is_a_warning(net: Net, capsys: pytest.CaptureFixt
 # --- the HTTP function ----------------------------------------------------------------------------
 
 
-class ReconcileServer:
-    """functions-framework serving `reconcile`, the target given only on its command line."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.log = Path(f"/tmp/webhook-relay-reconcile-{self.port}.log")  # noqa: S108
-        command = [
-            str(Path(sys.executable).with_name("functions-framework")),
-            *("--source", str(ROOT / "functions" / "main.py"), "--target", "reconcile"),
-            *("--host", "127.0.0.1", "--port", str(self.port)),
-        ]
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
-                command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-
-    def post(self) -> tuple[int, dict[str, Any]]:
-        deadline = time.monotonic() + 30
-        while True:
-            request = urllib.request.Request(f"http://127.0.0.1:{self.port}/", method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=120) as answer:
-                    return answer.status, json.loads(answer.read())
-            except urllib.error.HTTPError as error:
-                return error.code, json.loads(error.read())
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(self.log.read_text()[-3000:]) from None
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        stop_process_group(self.process, patience=10)
-
-
 @contextmanager
-def serve(env: dict[str, str]) -> Iterator[ReconcileServer]:
+def serve(env: dict[str, str]) -> Iterator[ReconcileProcess]:
     # Only what `reconcile` needs: no signing secret, no key set.
-    server = ReconcileServer({"PATH": "/usr/bin:/bin", "GEMINI_API_KEY": "test-key", **env})
+    server = ReconcileProcess({"PATH": "/usr/bin:/bin", "GEMINI_API_KEY": "test-key", **env})
     try:
         yield server
     finally:
@@ -518,7 +487,7 @@ def test_reconcile_function_answers_its_summary(net: Net, stack: Stack) -> None:
     env = net.env() | {"GEMINI_API_BASE_URL": net.fake.url, "RELAY_PUBLIC_URL": PUBLIC_URL}
 
     with serve(env) as server:
-        status, summary = server.post()
+        status, summary = server.run()
 
     assert status == 200
     assert (summary["status"], summary["reconciled"], summary["errors"]) == ("completed", 1, 0)
@@ -534,7 +503,7 @@ def test_reconcile_function_is_503_when_it_reaches_nothing() -> None:
         "GEMINI_API_BASE_URL": f"http://{closed}",
     }
     with serve(env) as server:
-        status, summary = server.post()
+        status, summary = server.run()
 
     assert status == 503
     assert summary["status"] == "unavailable"
