@@ -158,7 +158,7 @@ def test_a_job_left_claimed_by_a_delivery_that_published_is_adopted_not_publishe
     }
 
     with serve(env) as server:  # the function as deployed: its settings name the deliveries
-        status, summary = server.post()
+        status, summary = server.run()
 
     assert (status, summary["reconciled"], summary["already_delivered"]) == (200, 0, 1)
     assert events(stack, subscription) == []
@@ -316,10 +316,10 @@ def test_reconcile_starts_without_a_key_and_answers_503_until_it_has_one(
     }
 
     with serve(env) as server:
-        status, summary = server.post()
+        status, summary = server.run()
         log, called = server.log.read_text(), len(net.fake.calls)
         key_file.write_text("test-key\n")  # a new version, as the volume shows it
-        then_status, then = server.post()
+        then_status, then = server.run()
 
     assert (status, summary["status"]) == (503, "unavailable")
     errors = [json.loads(line) for line in log.splitlines() if '"ERROR"' in line]
