@@ -33,6 +33,7 @@ from google.api_core import exceptions as api_exceptions
 from google.api_core.retry import Retry, if_transient_error
 from google.cloud import firestore
 
+from . import writes
 from .deadline import Deadline
 from .errors import Unavailable
 from .stored import capped, capped_or_none
@@ -190,15 +191,16 @@ class FirestoreClaims:
     ) -> Claimed | None:
         """One atomic commit creating the record (and the companion's); None if either exists."""
 
-        def commit(options: dict[str, Any]) -> list[Any]:
-            if companion is None:
-                return [ref.create(record, **options)]
-            batch = self._client().batch()
-            batch.create(ref, record)
-            batch.create(companion.ref, companion.fields)
+        creates = [writes.create(ref, record)]
+        if companion is not None:
+            creates.append(writes.create(companion.ref, companion.fields))
+
+        def commit(options: dict[str, Any]) -> Any:
             try:
-                return list(batch.commit(**options))
+                return writes.commit(self._client(), creates, options)
             except api_exceptions.Aborted:
+                if companion is None:
+                    raise
                 # The companion's record is locked by a transaction (a run claiming the
                 # job): it exists, or is about to. The caller claims it on its own.
                 raise _CompanionLocked from None
@@ -373,7 +375,7 @@ class _CompanionLocked(Exception):
 
 def write_if_ours(
     client: firestore.Client,
-    writes: list[Companion],
+    records: list[Companion],
     deadline: Deadline,
     cap: float = CALL_SECONDS,
 ) -> None:
@@ -383,20 +385,15 @@ def write_if_ours(
     answer was lost (the retry then finds the records changed, by us): every record read
     back carries our owner and the values written, so it counts as done."""
 
+    updates = [writes.update(each.ref, each.fields, each.token) for each in records]
+
     def commit(options: dict[str, Any]) -> Any:
-        if len(writes) == 1:
-            write = writes[0]
-            option = client.write_option(last_update_time=write.token)
-            return write.ref.update(write.fields, option=option, **options)
-        batch = client.batch()
-        for write in writes:
-            batch.update(write.ref, write.fields, client.write_option(last_update_time=write.token))
-        return batch.commit(**options)
+        return writes.commit(client, updates, options)
 
     try:
         firestore_call(deadline, commit, cap)
     except api_exceptions.FailedPrecondition:
-        if not all(_landed(write, deadline, cap) for write in writes):
+        if not all(_landed(each, deadline, cap) for each in records):
             raise
 
 

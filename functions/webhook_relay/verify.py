@@ -157,20 +157,27 @@ class Verifier:
         and a JWT (which does not cover the body) entirely. The scheme when that proves the
         delivery authentic (`jwt`); None when the signature over the body remains to check."""
         if _JWS.fullmatch(head.signature):
-            self._check_timestamp(head.timestamp, "webhook-timestamp")
-            self._verify_jwt(head.signature)
-            return "jwt"
-        parse_signature_entries(head.signature)
-        self._check_timestamp(head.timestamp, "webhook-timestamp")
+            return self._jwt(head)
+        self._entries(head)
         return None
 
     def verify(self, delivery: Delivery) -> str:
         """The scheme that proved `delivery` authentic: `hmac`, `ed25519`, `keyset-ed25519`
         or `jwt`."""
-        scheme = self.check_head(delivery)
-        if scheme is not None:
-            return scheme
-        return self._verify_entries(delivery, parse_signature_entries(delivery.signature))
+        if _JWS.fullmatch(delivery.signature):
+            return self._jwt(delivery)
+        return self._verify_entries(delivery, self._entries(delivery))
+
+    def _jwt(self, head: Head) -> str:
+        self._check_timestamp(head.timestamp, "webhook-timestamp")
+        self._verify_jwt(head.signature)
+        return "jwt"
+
+    def _entries(self, head: Head) -> dict[str, list[bytes]]:
+        # Parsed before the timestamp is checked: a header with no entry at all is 400.
+        signatures = parse_signature_entries(head.signature)
+        self._check_timestamp(head.timestamp, "webhook-timestamp")
+        return signatures
 
     def _check_timestamp(self, timestamp: float, name: str) -> None:
         # Checked before any signature: a replayed old delivery costs no crypto.

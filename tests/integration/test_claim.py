@@ -14,7 +14,7 @@ import pytest
 from google.api_core import exceptions as api_exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore
-from google.cloud.firestore_v1.document import DocumentReference
+from google.cloud.firestore_v1.services.firestore.client import FirestoreClient
 
 from tests.integration.harness import Stack
 from webhook_relay.claim import BoundedTransaction, Claimed, Duplicate, FirestoreClaims, InFlight
@@ -90,13 +90,14 @@ def test_release_does_not_free_a_claim_taken_over_since(stack: Stack) -> None:
 def test_create_that_timed_out_but_landed_is_released(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_create = DocumentReference.create
+    real_commit = FirestoreClient.commit
 
-    def create_then_time_out(self: DocumentReference, *args: Any, **kwargs: Any) -> Any:
-        real_create(self, *args, **kwargs)
+    def commit_then_time_out(self: FirestoreClient, *args: Any, **kwargs: Any) -> Any:
+        real_commit(self, *args, **kwargs)
         raise api_exceptions.DeadlineExceeded("the answer was lost")  # type: ignore[no-untyped-call]
 
-    monkeypatch.setattr(DocumentReference, "create", create_then_time_out)
+    # The library's generated call: the commit lands, its answer never arrives.
+    monkeypatch.setattr(FirestoreClient, "commit", commit_then_time_out)
     store, webhook_id = claims(stack), "msg_" + secrets.token_hex(6)
 
     with pytest.raises(Unavailable):
@@ -127,13 +128,13 @@ def test_own_create_that_landed_before_a_retry_is_ours(
 ) -> None:
     # The create committed, its answer was lost, the library retried it: AlreadyExists, for
     # a record that is this request's own claim, not another request's (no 409 for a lease).
-    real_create = DocumentReference.create
+    real_commit = FirestoreClient.commit
 
-    def create_twice(self: DocumentReference, *args: Any, **kwargs: Any) -> Any:
-        real_create(self, *args, **kwargs)
-        return real_create(self, *args, **kwargs)
+    def commit_twice(self: FirestoreClient, *args: Any, **kwargs: Any) -> Any:
+        real_commit(self, *args, **kwargs)
+        return real_commit(self, *args, **kwargs)
 
-    monkeypatch.setattr(DocumentReference, "create", create_twice)
+    monkeypatch.setattr(FirestoreClient, "commit", commit_twice)
     store, webhook_id = claims(stack), "msg_" + secrets.token_hex(6)
 
     first = claim(store, webhook_id)
