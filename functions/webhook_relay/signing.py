@@ -29,7 +29,7 @@ from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, not a secret
 JWT_LIFETIME_SECONDS = 300
@@ -85,21 +85,13 @@ class RsaSigner:
     @classmethod
     def load(cls, path: Path, kid: str) -> RsaSigner:
         """A key written by `save`; `ValueError` if the file is not an RSA private key."""
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        key = load_private_key(path)
         if not isinstance(key, rsa.RSAPrivateKey):
             raise ValueError(f"{path} does not hold an RSA private key")
         return cls(kid, key)
 
     def save(self, path: Path) -> None:
-        """The private key as unencrypted PKCS#8 PEM, readable by its owner only."""
-        pem = self.private_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        path.touch(mode=0o600)
-        path.chmod(0o600)
-        path.write_bytes(pem)
+        save_private_key(self.private_key, path)
 
     def jwk(self) -> dict[str, Any]:
         public: dict[str, Any] = json.loads(
@@ -121,3 +113,59 @@ class RsaSigner:
         issued = int(time.time()) if now is None else now
         payload = {"aud": audience, "iat": issued, "exp": issued + lifetime} | claims
         return jwt.encode(payload, self.private_key, algorithm="RS256", headers={"kid": self.kid})
+
+
+@dataclass(frozen=True)
+class Ed25519DevKey:
+    """The dev key set's Ed25519 (JWK `OKP`) key: signs `v1a` entries over
+    `{webhook-id}.{webhook-timestamp}.{body}`, as live dynamic deliveries are signed."""
+
+    private_key: ed25519.Ed25519PrivateKey
+
+    @classmethod
+    def generate(cls) -> Ed25519DevKey:
+        return cls(ed25519.Ed25519PrivateKey.generate())
+
+    @classmethod
+    def load(cls, path: Path) -> Ed25519DevKey:
+        """A key written by `save`; `ValueError` if the file is not an Ed25519 private key."""
+        key = load_private_key(path)
+        if not isinstance(key, ed25519.Ed25519PrivateKey):
+            raise ValueError(f"{path} does not hold an Ed25519 private key")
+        return cls(key)
+
+    def save(self, path: Path) -> None:
+        save_private_key(self.private_key, path)
+
+    @property
+    def kid(self) -> str:
+        # Derived from the key, so the file alone is enough to name it.
+        return "dev-okp-" + hashlib.sha256(self._public()).hexdigest()[:8]
+
+    def jwk(self) -> dict[str, Any]:
+        x = base64.urlsafe_b64encode(self._public()).rstrip(b"=").decode("ascii")
+        return {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": self.kid, "use": "sig"}
+
+    def sign(self, webhook_id: str, timestamp: int, body: bytes) -> str:
+        content = f"{webhook_id}.{timestamp}.".encode() + body
+        return "v1a," + base64.b64encode(self.private_key.sign(content)).decode("ascii")
+
+    def _public(self) -> bytes:
+        return self.private_key.public_key().public_bytes_raw()
+
+
+def save_private_key(key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey, path: Path) -> None:
+    """The private key as unencrypted PKCS#8 PEM, readable by its owner only."""
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_bytes(pem)
+
+
+def load_private_key(path: Path) -> object:
+    """What `save_private_key` wrote; `ValueError` if the file holds no PEM private key."""
+    return serialization.load_pem_private_key(path.read_bytes(), password=None)

@@ -30,9 +30,9 @@ from tests.cli.conftest import assert_one_error_line, clean_env, run
 from webhook_relay.cli import main
 from webhook_relay.cli import state as dev_state
 from webhook_relay.cli.catalog import EVENT_TYPES
-from webhook_relay.cli.send import KEYSET_KEY_FILE, Ed25519DevKey
+from webhook_relay.cli.send import KEYSET_KEY_FILE
 from webhook_relay.emulators import free_port
-from webhook_relay.signing import RsaSigner, new_secret
+from webhook_relay.signing import Ed25519DevKey, RsaSigner, new_secret
 
 STATUS = {200: "accepted", 401: "unauthorized", 409: "in_flight", 503: "unavailable"}
 

@@ -40,10 +40,10 @@ from ..config import load_settings
 from ..emulators import Emulator, EmulatorError, answers, stop_process_group
 from ..errors import ConfigError
 from ..routing import DEFAULT_TOPIC_PREFIX
-from ..signing import RsaSigner, new_secret
+from ..signing import Ed25519DevKey, RsaSigner, new_secret
 from . import state as dev_state
 from ._common import DEFAULT_PROJECT, api_error, fail, note
-from .send import KEYSET_KEY_FILE, Ed25519DevKey
+from .send import KEYSET_KEY_FILE
 from .tail import DEV_SUFFIX
 
 HOST = "127.0.0.1"

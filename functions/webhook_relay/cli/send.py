@@ -12,9 +12,7 @@ answer, or no answer, is retried with exponential backoff.
 
 from __future__ import annotations
 
-import base64
 import email.utils
-import hashlib
 import http.client
 import json
 import os
@@ -32,11 +30,9 @@ from typing import IO, Any, TextIO
 from urllib.parse import urlsplit
 
 import click
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ..config import is_loopback
-from ..signing import RsaSigner, SecretFormatError, secret_key, signature_v1
+from ..signing import Ed25519DevKey, RsaSigner, SecretFormatError, secret_key, signature_v1
 from . import state as dev_state
 from ._common import fail, note
 from .catalog import EVENT_TYPES, envelope, sample_data
@@ -47,52 +43,6 @@ USER_AGENT = "webhook-relay-send"
 # In the dev state directory, beside the JWT key: the private half of the dev key set's
 # Ed25519 key (`webhook-relay dev` writes it, and removes it when it stops).
 KEYSET_KEY_FILE = "keyset-ed25519-private-key.pem"
-
-
-@dataclass(frozen=True)
-class Ed25519DevKey:
-    """The dev key set's Ed25519 (JWK `OKP`) key: signs `v1a` entries over
-    `{webhook-id}.{webhook-timestamp}.{body}`, as live dynamic deliveries are signed."""
-
-    private_key: ed25519.Ed25519PrivateKey
-
-    @classmethod
-    def generate(cls) -> Ed25519DevKey:
-        return cls(ed25519.Ed25519PrivateKey.generate())
-
-    @classmethod
-    def load(cls, path: Path) -> Ed25519DevKey:
-        """A key written by `save`; `ValueError` if the file is not an Ed25519 private key."""
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, ed25519.Ed25519PrivateKey):
-            raise ValueError(f"{path} does not hold an Ed25519 private key")
-        return cls(key)
-
-    def save(self, path: Path) -> None:
-        pem = self.private_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        path.touch(mode=0o600)
-        path.chmod(0o600)
-        path.write_bytes(pem)
-
-    @property
-    def kid(self) -> str:
-        # Derived from the key, so the file alone is enough to name it.
-        return "dev-okp-" + hashlib.sha256(self._public()).hexdigest()[:8]
-
-    def jwk(self) -> dict[str, Any]:
-        x = base64.urlsafe_b64encode(self._public()).rstrip(b"=").decode("ascii")
-        return {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": self.kid, "use": "sig"}
-
-    def sign(self, webhook_id: str, timestamp: int, body: bytes) -> str:
-        content = f"{webhook_id}.{timestamp}.".encode() + body
-        return "v1a," + base64.b64encode(self.private_key.sign(content)).decode("ascii")
-
-    def _public(self) -> bytes:
-        return self.private_key.public_key().public_bytes_raw()
 
 
 @dataclass(frozen=True)
