@@ -20,8 +20,10 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import hashlib
+import itertools
 import logging
 import math
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -40,6 +42,7 @@ from .stored import capped, capped_or_none
 
 TTL_FIELD = "expire_at"
 CLAIMED, PUBLISHED = "claimed", "published"
+_DECIDING = ("owner", "state", "lease_until")  # what a request that finds a record reads
 CALL_SECONDS = 2.5  # cap per Firestore call, so claim + publish + record fit the budget
 # Take-overs are rare; a burst of them (a region-wide outage ending) may queue, never block.
 TAKEOVER_THREADS = 16
@@ -112,6 +115,26 @@ class Claims(Protocol):
         """Best effort: if it fails, the lease expiring releases the claim anyway."""
 
 
+class _Owners:
+    """Tokens naming one request each: unique, not secret. A random prefix per process and a
+    counter, so a request reads no randomness from the OS. gunicorn forks its workers after
+    the function is imported: each child draws its own prefix."""
+
+    def __init__(self) -> None:
+        self.reseed()
+        os.register_at_fork(after_in_child=self.reseed)
+
+    def reseed(self) -> None:
+        self._prefix = uuid.uuid4().hex[:20] + "-"
+        self._count = itertools.count()  # next() on it is atomic under the GIL: no lock
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._count):x}"
+
+
+new_owner = _Owners()
+
+
 def document_id(webhook_id: str) -> str:
     # Document ids cannot hold '/', be '.' or '..', or exceed 1500 bytes; webhook ids can.
     return hashlib.sha256(webhook_id.encode()).hexdigest()
@@ -146,7 +169,7 @@ class FirestoreClaims:
         ref = self._ref(webhook_id)
         now = self._now()
         # This request's token: tells our own landed create from another's.
-        owner = owner or uuid.uuid4().hex
+        owner = owner or new_owner()
         record = {
             "webhook_id": webhook_id,
             "owner": owner,
@@ -164,21 +187,21 @@ class FirestoreClaims:
         created = self._create(webhook_id, ref, record, companion, deadline)
         if created is not None:
             return created
-        snapshot = self._call(deadline, lambda options: ref.get(**options))
-        if not snapshot.exists and companion is not None:
+        found = self._read(ref, deadline)
+        if found is None and companion is not None:
             # It was the companion's record that exists (a watched or reconciled job): the
             # delivery's record alone, and the caller claims the job on its own.
             created = self._create(webhook_id, ref, record, None, deadline)
             if created is not None:
                 return created
-            snapshot = self._call(deadline, lambda options: ref.get(**options))
-        current = snapshot.to_dict() if snapshot.exists else None
+            found = self._read(ref, deadline)
+        current, token = found or (None, None)
         if current is not None and current.get("owner") == owner:
             # Our create landed but its answer was lost, and the retry found it.
-            return Claimed(webhook_id, 1, snapshot.update_time, owner)
-        found = _decide(webhook_id, current, now)
-        if found is not None:
-            return found
+            return Claimed(webhook_id, 1, token, owner)
+        decided = _decide(webhook_id, current, now)
+        if decided is not None:
+            return decided
         return self._take_over(ref, record, deadline)
 
     def _create(
@@ -206,14 +229,14 @@ class FirestoreClaims:
                 raise _CompanionLocked from None
 
         try:
-            results = self._call(deadline, commit)
+            times = self._call(deadline, commit)
         except (api_exceptions.AlreadyExists, _CompanionLocked):
             return None
         except Unavailable:
             self._undo_uncertain_create(ref, record["owner"], companion, deadline)
             raise
-        companion_token = results[1].update_time if companion is not None else None
-        return Claimed(webhook_id, 1, results[0].update_time, record["owner"], companion_token)
+        companion_token = times[1] if companion is not None else None
+        return Claimed(webhook_id, 1, times[0], record["owner"], companion_token)
 
     def _take_over(
         self, ref: firestore.DocumentReference, record: dict[str, Any], deadline: Deadline
@@ -339,6 +362,14 @@ class FirestoreClaims:
         # FailedPrecondition: someone took the claim over since; theirs to release, not ours.
         with contextlib.suppress(api_exceptions.FailedPrecondition):
             write_if_ours(self._client(), [release], deadline)
+
+    def _read(
+        self, ref: firestore.DocumentReference, deadline: Deadline
+    ) -> tuple[dict[str, Any], Any] | None:
+        """What a request that found the record needs of it (_decide), and its token."""
+        return self._call(  # type: ignore[no-any-return]
+            deadline, lambda options: writes.read(self._client(), ref, _DECIDING, options)
+        )
 
     def _ref(self, webhook_id: str) -> firestore.DocumentReference:
         return self._client().collection(self._collection).document(document_id(webhook_id))

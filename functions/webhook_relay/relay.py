@@ -7,12 +7,11 @@ the claim is released and the answer is 503, so Gemini's retry publishes the eve
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass
 
 from google.api_core import exceptions as api_exceptions
 
-from .claim import Claimed, Claims, Companion, Duplicate, InFlight
+from .claim import Claimed, Claims, Companion, Duplicate, InFlight, new_owner
 from .deadline import Deadline
 from .jobs import JobClaimed, JobClaimResult, JobGate, JobInFlight, JobPublished, key_for_event
 from .normalize import normalize
@@ -59,7 +58,7 @@ class Relay:
         """`traceparent`: the request's W3C trace context (trace.py), carried on the message
         so the subscriber logs in the same trace."""
         event = normalize(delivery.webhook_id, delivery.timestamp, delivery.body, scheme)
-        owner = uuid.uuid4().hex  # this request's: a retry of the same delivery is another owner
+        owner = new_owner()  # this request's: a retry of the same delivery is another owner
         key = key_for_event(event) if self._jobs else None
         companion, job_lease = None, None
         if self._jobs and key:

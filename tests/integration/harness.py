@@ -18,8 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
+from google.cloud.firestore_v1.services.firestore import FirestoreClient
+from google.cloud.firestore_v1.services.firestore.transports.grpc import FirestoreGrpcTransport
 from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 from google.cloud.pubsub_v1.types import PubsubMessage
 from google.pubsub_v1.services.publisher import PublisherClient as GeneratedPublisher
@@ -96,6 +99,18 @@ class Stack:
             messages=[PubsubMessage(data=b"warmup")],
             timeout=60,
         )
+
+    def db_through(self, interceptor: Any) -> firestore.Client:
+        """Another client of the emulator whose calls all pass `interceptor` (a gRPC client
+        interceptor) on its channel, whichever layer, the library's or ours, makes them."""
+        with emulator_env(self.firestore_emulator.host, self.pubsub_emulator.host):
+            db = firestore.Client(project=PROJECT)
+        channel = grpc.intercept_channel(
+            grpc.insecure_channel(self.firestore_emulator.host), interceptor
+        )
+        transport = FirestoreGrpcTransport(channel=channel)
+        db._firestore_api_internal = FirestoreClient(transport=transport)
+        return db
 
     def stop(self) -> None:
         self.subscriber.close()

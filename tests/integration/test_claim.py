@@ -10,11 +10,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import grpc
 import pytest
 from google.api_core import exceptions as api_exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore
-from google.cloud.firestore_v1.services.firestore.client import FirestoreClient
 
 from tests.integration.harness import Stack
 from webhook_relay.claim import BoundedTransaction, Claimed, Duplicate, FirestoreClaims, InFlight
@@ -87,22 +87,45 @@ def test_release_does_not_free_a_claim_taken_over_since(stack: Stack) -> None:
     assert record["lease_until"] > datetime.now(UTC) + timedelta(seconds=60)
 
 
-def test_create_that_timed_out_but_landed_is_released(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    real_commit = FirestoreClient.commit
+class CommitFault(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """On a client's channel: while `fault` is set, each `Commit` lands on the emulator (once
+    or `fault` times), then the caller sees what `fault` says."""
 
-    def commit_then_time_out(self: FirestoreClient, *args: Any, **kwargs: Any) -> Any:
-        real_commit(self, *args, **kwargs)
-        raise api_exceptions.DeadlineExceeded("the answer was lost")  # type: ignore[no-untyped-call]
+    def __init__(self) -> None:
+        self.fault: str | None = None  # "answer lost" | "sent twice"
 
-    # The library's generated call: the commit lands, its answer never arrives.
-    monkeypatch.setattr(FirestoreClient, "commit", commit_then_time_out)
-    store, webhook_id = claims(stack), "msg_" + secrets.token_hex(6)
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        if self.fault is None or not details.method.endswith("/Commit"):
+            return continuation(details, request)
+        outcome = continuation(details, request)
+        if self.fault == "answer lost":
+            outcome.result()  # it landed
+            raise LostAnswer
+        return continuation(details, request)  # "sent twice": the second answer is the caller's
 
+
+class LostAnswer(grpc.RpcError):  # type: ignore[misc]
+    """What a call whose answer never arrived raises: DEADLINE_EXCEEDED."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def details(self) -> str:
+        return "the answer was lost"
+
+    def trailing_metadata(self) -> tuple[()]:
+        return ()
+
+
+def test_create_that_timed_out_but_landed_is_released(stack: Stack) -> None:
+    faults = CommitFault()
+    db, webhook_id = stack.db_through(faults), "msg_" + secrets.token_hex(6)
+    store = FirestoreClaims(lambda: db, COLLECTION, lease_seconds=30, ttl_hours=72)
+
+    faults.fault = "answer lost"
     with pytest.raises(Unavailable):
         claim(store, webhook_id)
-    monkeypatch.undo()
+    faults.fault = None
     retry = claim(store, webhook_id)
 
     assert isinstance(retry, Claimed)  # not a 409 for the rest of the lease
@@ -123,22 +146,16 @@ def test_firestore_unreachable_is_unavailable_within_the_budget() -> None:
     assert deadline.remaining() > -0.5
 
 
-def test_own_create_that_landed_before_a_retry_is_ours(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The create committed, its answer was lost, the library retried it: AlreadyExists, for
+def test_own_create_that_landed_before_a_retry_is_ours(stack: Stack) -> None:
+    # The create committed, its answer was lost, the call was retried: AlreadyExists, for
     # a record that is this request's own claim, not another request's (no 409 for a lease).
-    real_commit = FirestoreClient.commit
+    faults = CommitFault()
+    db, webhook_id = stack.db_through(faults), "msg_" + secrets.token_hex(6)
+    store = FirestoreClaims(lambda: db, COLLECTION, lease_seconds=30, ttl_hours=72)
 
-    def commit_twice(self: FirestoreClient, *args: Any, **kwargs: Any) -> Any:
-        real_commit(self, *args, **kwargs)
-        return real_commit(self, *args, **kwargs)
-
-    monkeypatch.setattr(FirestoreClient, "commit", commit_twice)
-    store, webhook_id = claims(stack), "msg_" + secrets.token_hex(6)
-
+    faults.fault = "sent twice"
     first = claim(store, webhook_id)
-    monkeypatch.undo()
+    faults.fault = None
     other = claim(store, webhook_id)
 
     assert isinstance(first, Claimed)

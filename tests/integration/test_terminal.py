@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import grpc
 import pytest
 from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 
-from tests.integration.harness import PROJECT, Stack, emulator_env
+from tests.integration.harness import PROJECT, Stack
 from webhook_relay.claim import Companion, FirestoreClaims, document_id, write_if_ours
 from webhook_relay.deadline import Deadline
 from webhook_relay.jobs import (
@@ -39,23 +40,22 @@ from webhook_relay.verify import Delivery
 LEASE = 15  # the floor
 
 
-class CountingApi:
-    """The client's generated Firestore API, counting the RPCs made through it."""
+class CountingApi(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Counts the RPCs on the client's channel by method (`Commit`, `BatchGetDocuments`, …),
+    whichever layer of the library or of ours makes them."""
 
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
+    def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
+        self.metadata: list[dict[str, str]] = []  # of each unary call, in order
 
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._inner, name)
-        if name.startswith("_") or not callable(attribute):
-            return attribute
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        self.calls[details.method.rsplit("/", 1)[-1]] += 1
+        self.metadata.append(dict(details.metadata or ()))
+        return continuation(details, request)
 
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            self.calls[name] += 1
-            return attribute(*args, **kwargs)
-
-        return counted
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        self.calls[details.method.rsplit("/", 1)[-1]] += 1
+        return continuation(details, request)
 
 
 @dataclass
@@ -83,10 +83,8 @@ class Rig:
 
 @pytest.fixture
 def rig(stack: Stack) -> Rig:
-    with emulator_env(stack.firestore_emulator.host, stack.pubsub_emulator.host):
-        db = firestore.Client(project=PROJECT)
-    api = CountingApi(db._firestore_api)
-    db._firestore_api_internal = api
+    api = CountingApi()
+    db = stack.db_through(api)
     suffix = secrets.token_hex(4)
     deliveries, jobs_collection = f"deliveries_{suffix}", f"jobs_{suffix}"
     claims = FirestoreClaims(lambda: db, deliveries, LEASE, 72)
@@ -109,7 +107,22 @@ def test_a_new_terminal_delivery_costs_two_firestore_calls(rig: Rig) -> None:
 
     assert outcome.status == "accepted"
     # One commit creates the delivery's and the job's records, one marks both published.
-    assert dict(rig.api.calls) == {"commit": 2}
+    assert dict(rig.api.calls) == {"Commit": 2}
+
+
+def test_our_commit_carries_the_metadata_of_the_librarys(rig: Rig) -> None:
+    collection = rig.db.collection(rig.deliveries)
+    collection.document("theirs").create({"state": "claimed"})  # the library's own commit
+    deadline = Deadline()
+
+    FirestoreClaims(lambda: rig.db, rig.deliveries, LEASE, 72).claim(
+        "ours", "batch.succeeded", None, deadline
+    )
+
+    theirs, ours = rig.api.metadata[-2:]
+    assert rig.api.calls["Commit"] >= 2
+    assert {"x-goog-request-params", "google-cloud-resource-prefix"} <= set(ours)
+    assert ours == theirs  # and x-goog-api-client, and the emulator's authorization
 
 
 def test_a_duplicate_terminal_delivery_costs_two_firestore_calls(rig: Rig) -> None:
