@@ -132,6 +132,9 @@ def with_emulators(
     progress("3: THREADS set vs unset")
     rows += e2e.threads_rows(stack, secret, sizes.threads_cell, sizes.threads_rounds, sizes.warm_up)
 
+    progress("3: the HTTP stack alone")
+    rows.append(e2e.http_stack_row(secret, sizes.per_cell, sizes.e2e_rounds, sizes.warm_up))
+
     progress("5: memory")
     fresh = e2e.Served(stack, secret)  # a new worker: memory from its first delivery on
     running.callback(fresh.stop)

@@ -548,6 +548,43 @@ def threads_rows(stack: Stack, secret: str, per_cell: int, rounds: int, warm_up:
     return rows
 
 
+HELLO = Path(__file__).resolve().parent / "hello" / "main.py"
+HTTP_STACK_AT = 8
+
+
+def http_stack_row(secret: str, per_cell: int, rounds: int, warm_up: int) -> Row:
+    """Row 3: what the HTTP stack alone (gunicorn, Flask, functions-framework) costs the served
+    function per POST: the smallest HTTP function, served as ours is, sent the same deliveries
+    by the same client. No function's code can shed that part of the rows above."""
+    hello = ServedFunction({"THREADS": str(THREADS)}, source=HELLO, target="hello")
+    hello.start()
+    try:
+        drive(sign(secret, warm_up), HTTP_STACK_AT, partial(HttpWorker, hello.port))
+        (worker,) = children(hello.pid)
+        per_post: list[float] = []
+        size = max(per_cell // 4, 5)  # CPU time is read in 10 ms ticks: rounds of 0.2 s or more
+        for _ in range(rounds):
+            before = cpu_seconds([worker])
+            run = drive(sign(secret, size), HTTP_STACK_AT, partial(HttpWorker, hello.port))
+            per_post.append((cpu_seconds([worker]) - before) * 1000 / len(run.latencies))
+    finally:
+        hello.stop()
+    return Row(
+        "3",
+        f"served CPU per POST of the HTTP stack alone, concurrency {HTTP_STACK_AT}",
+        Spread.of(per_post).show(" ms", digits=2),
+        "—",
+        "—",
+        "—",
+        None,
+        f"{size * rounds} signed deliveries in {rounds} rounds to bench/hello (answers at "
+        f"once), served like ours (gunicorn's 1 worker, {THREADS} threads), keep-alive "
+        "client threads: the share of each row's served CPU per delivery that is gunicorn, "
+        "Flask and functions-framework. Subtract it from ours to compare our code with the "
+        "floor's client calls.",
+    )
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -593,9 +630,25 @@ def memory_row(server: Served, secret: str, checkpoints: Sequence[int] = MEMORY_
     )
 
 
-class Served(RelayServer):
-    """The relay as the tests serve it, plus what a benchmark needs: its pid and a clean-up.
-    THREADS is set as Terraform sets it unless `threads` is None (the framework's default)."""
+class ServedFunction(RelayServer):
+    """A function served as the tests serve the relay, plus what a benchmark needs: its pid
+    and a clean-up."""
+
+    @property
+    def pid(self) -> int:
+        process = self._process
+        if process is None:
+            raise RuntimeError("not started")
+        return process.pid
+
+    def stop(self) -> None:
+        super().stop()
+        self.log.unlink(missing_ok=True)
+
+
+class Served(ServedFunction):
+    """The relay. THREADS is set as Terraform sets it unless `threads` is None (the
+    framework's default)."""
 
     def __init__(
         self,
@@ -611,14 +664,3 @@ class Served(RelayServer):
         if threads is None:
             self._env.pop("THREADS", None)  # nor from this process's environment
         self.threads = threads
-
-    @property
-    def pid(self) -> int:
-        process = self._process
-        if process is None:
-            raise RuntimeError("not started")
-        return process.pid
-
-    def stop(self) -> None:
-        super().stop()
-        self.log.unlink(missing_ok=True)

@@ -6,4 +6,4 @@ import functions_framework
 
 @functions_framework.http
 def hello(request: flask.Request) -> str:
-    return "ok"
+    return '{"status": "ok"}'  # a JSON answer, as the relay's, for the same HTTP client

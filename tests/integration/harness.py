@@ -184,8 +184,10 @@ class RelayServer:
         env: Mapping[str, str],
         source: Path = ROOT / "functions" / "main.py",
         server: Path | None = None,
+        target: str = "receive_webhook",
     ) -> None:
         self.source = source
+        self.target = target
         self.server = server or Path(sys.executable).with_name("functions-framework")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
@@ -202,7 +204,7 @@ class RelayServer:
             "--source",
             str(self.source),
             "--target",
-            "receive_webhook",
+            self.target,
             "--host",
             "127.0.0.1",
             "--port",
