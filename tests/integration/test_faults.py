@@ -23,6 +23,7 @@ shorter than the lease leaves every path time to record what it published.
 
 from __future__ import annotations
 
+import http.client
 import itertools
 import json
 import os
@@ -123,7 +124,9 @@ class Gemini:
             try:
                 answer = relay.post(job.body, headers_v1(self.secret, job.body, job.webhook_id))
                 status, outcome = answer.status, str(answer.body.get("status"))
-            except (OSError, ValueError) as error:  # refused, reset: the process is gone
+            except (OSError, ValueError, http.client.HTTPException) as error:
+                # Refused, reset, or an answer cut short (IncompleteRead: killed between its
+                # headers and its body): the process is gone, and Gemini retries.
                 status, outcome = 0, type(error).__name__
             finally:
                 with self.lock:
