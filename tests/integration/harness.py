@@ -218,15 +218,22 @@ class RelayServer:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        try:
+            self._wait_until_serving(self._process)
+        except BaseException:
+            self.stop()  # whatever went wrong, no server outlives its failed start
+            raise
+        return self
+
+    def _wait_until_serving(self, process: subprocess.Popen[bytes]) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
+            if process.poll() is not None:
                 raise RuntimeError(f"the relay exited at start:\n{self.log.read_text()[-3000:]}")
             with suppress(OSError):
                 if self.get().status == 200:
-                    return self
+                    return
             time.sleep(0.1)
-        self.stop()
         raise RuntimeError("the relay did not answer within 30 s")
 
     def stop(self) -> None:
