@@ -51,8 +51,8 @@ class PubSubPublisher:
             predicate=if_transient_error, initial=0.05, maximum=1.0, multiplier=2, timeout=timeout
         )
         path, header = self._topics.get(topic) or self._topic(topic)
-        request = _Request(topic=path, messages=[_Message(data=data, attributes=attributes)])
         try:
+            request = _Request(topic=path, messages=[_Message(data=data, attributes=attributes)])
             # Pub/Sub's `Publish` call itself, not `client.publish`: that one batches, and with
             # one message a batch (what one request has) it starts threads and a future per
             # message: 0.9 ms of CPU a message against 0.35 ms through the generated client's
