@@ -6,7 +6,6 @@ instance's CPU, and an unconfirmed publish could then be lost.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
@@ -41,7 +40,6 @@ class PubSubPublisher:
         self._project = project
         self._call: Unary | None = None
         self._topics: dict[str, tuple[str, Metadata]] = {}  # name -> path, routing header
-        self._lock = threading.Lock()
 
     def publish(
         self, topic: str, data: bytes, attributes: Mapping[str, str], deadline: Deadline
@@ -65,17 +63,12 @@ class PubSubPublisher:
         return message_id
 
     def _make_call(self) -> Unary:
-        with self._lock:
-            if self._call is None:
-                channel = self._client()._transport.grpc_channel
-                self._call = Unary(
-                    channel,
-                    "/google.pubsub.v1.Publisher/Publish",
-                    _Request,
-                    _Response,
-                    DEFAULT_CLIENT_INFO,
-                )
-            return self._call
+        # Two first requests at once may each make one: equal, and one is kept. No lock.
+        channel = self._client()._transport.grpc_channel
+        call = self._call = Unary(
+            channel, "/google.pubsub.v1.Publisher/Publish", _Request, _Response, DEFAULT_CLIENT_INFO
+        )
+        return call
 
     def _topic(self, topic: str) -> tuple[str, Metadata]:
         path = f"projects/{self._project}/topics/{topic}"
