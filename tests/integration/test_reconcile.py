@@ -312,6 +312,10 @@ def test_two_runs_at_once_publish_nothing_twice(net: Net, stack: Stack) -> None:
 
     with ThreadPoolExecutor(2) as pool:
         summaries = list(pool.map(lambda _: run(), range(2)))
+    # Both runs may give up on the same job while their transactions wait on each other's
+    # locks (each counts it `in_flight`, seen about once in six full test runs): nothing is
+    # published for it, and the next run does it. Nothing is published twice either way.
+    summaries.append(net.reconciler(page_size=5).run())
 
     published = events(stack, subscription)
     assert sorted(e["subject"] for e in published) == sorted(names)
